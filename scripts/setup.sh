@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything sftpjail and its tests need on a Debian 12 machine:
+# the Debian packages below and a virtual environment in .venv holding the
+# package itself (editable) with its test tools.  Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages, one reason each:
+#   openssh-client   the real sftp/ssh/scp clients the tests drive
+#   openssh-server   sshd, the baseline the benchmark compares against
+#   nftables iptables conntrack   the host firewall backends and flushing
+#   iproute2         ip netns and veth for the network lab
+#   libseccomp2      the filter compiler behind the seccomp layer
+#   python3-venv     the virtual environment
+APT_PACKAGES=(
+  openssh-client openssh-server nftables iptables conntrack iproute2
+  libseccomp2 python3-venv
+)
+
+missing=()
+for package in "${APT_PACKAGES[@]}" "${EXTRA_APT_PACKAGES[@]:-}"; do
+  [ -n "$package" ] || continue
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+    || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs the linters and the whole test suite.
+# Extra arguments go to pytest (for example: scripts/test.sh -k sftp).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+. .venv/bin/activate
+
+ruff check src tests bench
+ruff format --check src tests bench
+mypy
+pytest "$@"

@@ -1,0 +1,3 @@
+from sftpjail.cli import main
+
+main()

@@ -1,0 +1,291 @@
+"""One typed configuration, read from a TOML file and the environment.
+
+The file has sections (`[server]`, `[limits]`); every key name is unique
+across sections, so each setting can also come from an environment variable
+`SFTPJAIL_<KEY>` in upper case (`SFTPJAIL_DATA_DIR`, `SFTPJAIL_MAX_SESSIONS`).
+A secret can instead come from a file named by `SFTPJAIL_<KEY>_FILE`, so it
+never has to stand in the environment itself.
+
+Validation happens once, here: the rest of the program receives a `Config`
+whose fields are already the right type and within range.  The first
+problem found is reported as a `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sftpjail.errors import ConfigError
+
+ENV_PREFIX = "SFTPJAIL_"
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """One address the supervisor listens on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one client from exhausting the server."""
+
+    max_sessions: int = 100
+    max_sessions_per_source: int = 10
+    login_grace_time: float = 30.0
+    max_auth_attempts: int = 6
+    auth_failure_delay: float = 0.5
+    max_open_handles: int = 64
+    max_request_size: int = 256 * 1024
+    shutdown_grace_time: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs to know before it starts."""
+
+    listen: tuple[ListenAddress, ...]
+    data_dir: Path
+    state_dir: Path
+    users_file: Path
+    service_user: str = "sftpjail"
+    require_kernel_jail: bool = True
+    audit_log: Path | None = None
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+    source: Path | None = None
+
+
+# Which section each key lives in, and how to convert it.  The table drives
+# parsing, environment overrides and the error messages alike.
+_SERVER_KEYS: dict[str, type] = {
+    "listen": list,
+    "data_dir": Path,
+    "state_dir": Path,
+    "users_file": Path,
+    "service_user": str,
+    "require_kernel_jail": bool,
+    "audit_log": Path,
+    "log_level": str,
+}
+_LIMIT_KEYS: dict[str, type] = {
+    "max_sessions": int,
+    "max_sessions_per_source": int,
+    "login_grace_time": float,
+    "max_auth_attempts": int,
+    "auth_failure_delay": float,
+    "max_open_handles": int,
+    "max_request_size": int,
+    "shutdown_grace_time": float,
+}
+_SECTIONS: dict[str, dict[str, type]] = {
+    "server": _SERVER_KEYS,
+    "limits": _LIMIT_KEYS,
+}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_MIN_REQUEST_SIZE = 32 * 1024
+_MAX_REQUEST_SIZE = 4 * 1024 * 1024
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file at `path` (if any), apply the environment, validate."""
+
+    environ = os.environ if environ is None else environ
+    raw = _read_toml(path) if path is not None else {}
+    values = _flatten_sections(raw)
+    values.update(_environment_overrides(environ))
+
+    config = _build(values, path)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as stream:
+            return tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist; pass --config with the path "
+            "of a TOML file (see README.md, 'Configuration')"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _flatten_sections(raw: dict[str, Any]) -> dict[str, Any]:
+    """Check section and key names and merge all sections into one mapping."""
+
+    values: dict[str, Any] = {}
+    for section, content in raw.items():
+        if section not in _SECTIONS:
+            known = ", ".join(f"[{name}]" for name in _SECTIONS)
+            raise ConfigError(f"unknown section [{section}]; known sections: {known}")
+        if not isinstance(content, dict):
+            raise ConfigError(f"[{section}] must be a table of settings")
+        for key, value in content.items():
+            if key not in _SECTIONS[section]:
+                raise ConfigError(f"unknown key {section}.{key}")
+            values[key] = value
+    return values
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from SFTPJAIL_<KEY> or, for secrets, SFTPJAIL_<KEY>_FILE."""
+
+    overrides: dict[str, Any] = {}
+    for keys in _SECTIONS.values():
+        for key, kind in keys.items():
+            name = ENV_PREFIX + key.upper()
+            if name in environ:
+                overrides[key] = _from_environment(key, kind, environ[name])
+            elif name + "_FILE" in environ:
+                text = _read_secret_file(name + "_FILE", environ[name + "_FILE"])
+                overrides[key] = _from_environment(key, kind, text)
+    return overrides
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigError(f"{variable}: cannot read {path}: {error.strerror}") from None
+
+
+def _from_environment(key: str, kind: type, text: str) -> Any:
+    """Environment values are strings; turn them into what TOML would give."""
+
+    if kind is list:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{ENV_PREFIX}{key.upper()}: expected true or false")
+    return text
+
+
+def _build(values: dict[str, Any], source: Path | None) -> Config:
+    for required in ("listen", "data_dir", "state_dir", "users_file"):
+        if required not in values:
+            raise ConfigError(f"server.{required} is required but not set")
+
+    base = source.parent if source is not None else Path.cwd()
+    audit = values.get("audit_log")
+    log_level = _string(values.get("log_level", "info"), "log_level").lower()
+    if log_level not in _LOG_LEVELS:
+        raise ConfigError(f"server.log_level must be one of {', '.join(_LOG_LEVELS)}")
+
+    return Config(
+        listen=_listen_addresses(values["listen"]),
+        data_dir=_path(values["data_dir"], "data_dir", base),
+        state_dir=_path(values["state_dir"], "state_dir", base),
+        users_file=_path(values["users_file"], "users_file", base),
+        service_user=_string(values.get("service_user", "sftpjail"), "service_user"),
+        require_kernel_jail=_boolean(
+            values.get("require_kernel_jail", True), "require_kernel_jail"
+        ),
+        audit_log=_path(audit, "audit_log", base) if audit else None,
+        log_level=log_level,
+        limits=_limits(values),
+        source=source,
+    )
+
+
+def _listen_addresses(value: Any) -> tuple[ListenAddress, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConfigError('server.listen must be "HOST:PORT" or a list of them')
+    return tuple(parse_listen_address(_string(item, "listen")) for item in items)
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """Parse `HOST:PORT`, `[V6HOST]:PORT` or `*:PORT` (all IPv4 addresses)."""
+
+    host, separator, port_text = text.rpartition(":")
+    if not separator or not host:
+        raise ConfigError(f'server.listen: "{text}" is not HOST:PORT')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "*":
+        host = "0.0.0.0"  # noqa: S104 - the operator asked for every address
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(
+                f'server.listen: "{host}" is not an IP address; use a literal '
+                "IPv4 or [IPv6] address"
+            ) from None
+        host = "127.0.0.1"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f'server.listen: port "{port_text}" is not 1-65535')
+    return ListenAddress(host, int(port_text))
+
+
+def _limits(values: dict[str, Any]) -> Limits:
+    converted: dict[str, Any] = {}
+    for key, kind in _LIMIT_KEYS.items():
+        if key in values:
+            converted[key] = _number(values[key], key, kind)
+
+    limits = dataclasses.replace(Limits(), **converted)
+    if not _MIN_REQUEST_SIZE <= limits.max_request_size <= _MAX_REQUEST_SIZE:
+        raise ConfigError(
+            f"limits.max_request_size must be between {_MIN_REQUEST_SIZE} "
+            f"and {_MAX_REQUEST_SIZE} bytes"
+        )
+    return limits
+
+
+def _number(value: Any, key: str, kind: type) -> int | float:
+    if isinstance(value, bool):
+        raise ConfigError(f"limits.{key} must be a number, not true/false")
+    try:
+        number = int(value) if kind is int else float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"limits.{key} must be a number, got {value!r}") from None
+    if kind is int and isinstance(value, float):
+        raise ConfigError(f"limits.{key} must be a whole number")
+    if number <= 0:
+        raise ConfigError(f"limits.{key} must be greater than zero")
+    return number
+
+
+def _path(value: Any, key: str, base: Path) -> Path:
+    text = _string(value, key)
+    if not text:
+        raise ConfigError(f"server.{key} must not be empty")
+    path = Path(text)
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _string(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {type(value).__name__}")
+    if "\0" in value:
+        raise ConfigError(f"{key} must not contain a NUL byte")
+    return value
+
+
+def _boolean(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"server.{key} must be true or false")
+    return value

@@ -1,0 +1,48 @@
+"""Errors that reach the operator, each mapped onto one exit code.
+
+Every message says what went wrong and what to do about it.  The CLI turns
+an `SftpjailError` into one line on stderr and its `exit_code`; nothing
+else is printed, so scripts can rely on the codes.
+"""
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class SftpjailError(Exception):
+    """Base class of every error sftpjail reports to the operator."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigError(SftpjailError):
+    """The configuration file or an environment override is invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsersFileError(SftpjailError):
+    """The users file cannot be read, parsed or validated."""
+
+    exit_code = EXIT_USAGE
+
+
+class UserExistsError(UsersFileError):
+    """A user with this name is already in the users file."""
+
+
+class UnknownUserError(UsersFileError):
+    """No user with this name is in the users file."""
+
+
+class HostKeyError(SftpjailError):
+    """A host key cannot be created, read or trusted."""
+
+
+class SandboxError(SftpjailError):
+    """The kernel cannot enforce a sandbox layer the configuration requires."""
+
+
+class FirewallError(SftpjailError):
+    """Firewall rules cannot be rendered, applied, removed or checked."""
