@@ -46,3 +46,7 @@ class SandboxError(SftpjailError):
 
 class FirewallError(SftpjailError):
     """Firewall rules cannot be rendered, applied, removed or checked."""
+
+
+class HomeError(SftpjailError):
+    """A user's home directory cannot be created or is not safe to use."""
