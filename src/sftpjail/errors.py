@@ -50,3 +50,7 @@ class FirewallError(SftpjailError):
 
 class HomeError(SftpjailError):
     """A user's home directory cannot be created or is not safe to use."""
+
+
+class HealthCheckError(SftpjailError):
+    """The server does not answer SSH on one of its listen addresses."""
