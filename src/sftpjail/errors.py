@@ -54,3 +54,9 @@ class HomeError(SftpjailError):
 
 class HealthCheckError(SftpjailError):
     """The server does not answer SSH on one of its listen addresses."""
+
+
+class ProbeTargetError(SftpjailError):
+    """A `sftpjail probe` target is not written in one of the known forms."""
+
+    exit_code = EXIT_USAGE

@@ -47,12 +47,13 @@ def _register() -> None:
 
     # Imported here so that `sftpjail version` stays cheap and so each area
     # module can import `cli` helpers without a cycle.
-    from sftpjail.cli import firewall, health, serve
+    from sftpjail.cli import firewall, health, probe, serve
 
     cli.add_command(serve.serve)
     cli.add_command(serve.hostkeys)
     cli.add_command(health.healthcheck)
     cli.add_command(firewall.firewall)
+    cli.add_command(probe.probe)
 
 
 _register()
