@@ -1,0 +1,171 @@
+"""Messages between the supervisor, the zygote and the workers.
+
+Every pair of processes talks over an `AF_UNIX` `SOCK_SEQPACKET` socket
+pair: the kernel keeps message boundaries, so one `send` is one message and
+no framing code is needed.  A message is a small JSON object with a `type`.
+
+The supervisor trusts no worker: `parse_worker_message` checks every field
+of every message it receives, and anything unexpected raises
+`ProtocolError`, which ends that worker (never the supervisor).
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+MAX_MESSAGE_BYTES = 16 * 1024
+MAX_USER_NAME_BYTES = 64
+MAX_PASSWORD_BYTES = 1024
+MAX_PUBLIC_KEY_BYTES = 8 * 1024
+AUTH_METHODS = ("password", "publickey")
+
+
+class ProtocolError(Exception):
+    """A peer sent a message that breaks the protocol."""
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """A worker asks whether `user` may log in with this credential."""
+
+    user: str
+    method: str
+    credential: str
+
+
+@dataclass(frozen=True)
+class LoginNotice:
+    """A worker reports that the SSH layer completed login for `user`."""
+
+    user: str
+
+
+@dataclass(frozen=True)
+class TransferNotice:
+    """A worker reports its running byte counters (for status and metrics)."""
+
+    bytes_in: int
+    bytes_out: int
+
+
+WorkerMessage = AuthRequest | LoginNotice | TransferNotice
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected message-preserving pair; both ends close on exec."""
+
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Serialize one message, refusing anything over the size limit."""
+
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes is too large")
+    return data
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """Parse one message into a dict with a string `type`."""
+
+    if not data:
+        raise ProtocolError("empty message")
+    try:
+        message = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProtocolError(f"message is not JSON: {error}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("message is not an object with a type")
+    return message
+
+
+def parse_worker_message(data: bytes) -> WorkerMessage:
+    """Validate a message from a worker, field by field."""
+
+    message = decode(data)
+    kind = message["type"]
+
+    if kind == "auth":
+        _expect_keys(message, {"type", "user", "method", "credential"})
+        method = _text(message, "method", 16)
+        if method not in AUTH_METHODS:
+            raise ProtocolError(f"unknown authentication method {method!r}")
+        limit = MAX_PASSWORD_BYTES if method == "password" else MAX_PUBLIC_KEY_BYTES
+        return AuthRequest(
+            user=_text(message, "user", MAX_USER_NAME_BYTES),
+            method=method,
+            credential=_text(message, "credential", limit),
+        )
+    if kind == "login":
+        _expect_keys(message, {"type", "user"})
+        return LoginNotice(user=_text(message, "user", MAX_USER_NAME_BYTES))
+    if kind == "transfer":
+        _expect_keys(message, {"type", "bytes_in", "bytes_out"})
+        return TransferNotice(
+            bytes_in=_count(message, "bytes_in"),
+            bytes_out=_count(message, "bytes_out"),
+        )
+    raise ProtocolError(f"unknown message type {kind!r}")
+
+
+def _expect_keys(message: dict[str, Any], keys: set[str]) -> None:
+    if set(message) != keys:
+        raise ProtocolError(f"{message['type']} message has fields {sorted(message)}")
+
+
+def _text(message: dict[str, Any], key: str, limit: int) -> str:
+    value = message[key]
+    if not isinstance(value, str) or len(value.encode()) > limit or "\0" in value:
+        raise ProtocolError(f"field {key} is not a string of at most {limit} bytes")
+    return value
+
+
+def _count(message: dict[str, Any], key: str) -> int:
+    value = message[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"field {key} is not a non-negative integer")
+    return value
+
+
+def send_with_fds(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+    """Send a message and pass open descriptors along with it."""
+
+    rights = array.array("i", fds).tobytes()
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)] if fds else []
+    sock.sendmsg([encode(message)], ancillary)
+
+
+def receive_with_fds(
+    sock: socket.socket, max_fds: int
+) -> tuple[dict[str, Any], list[int]]:
+    """Receive one message and the descriptors that came with it.
+
+    Raises EOFError when the peer has closed its end.
+    """
+
+    item_size = array.array("i").itemsize
+    data, ancillary, flags, _address = sock.recvmsg(
+        MAX_MESSAGE_BYTES, socket.CMSG_SPACE(max_fds * item_size)
+    )
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % item_size
+            fds.extend(array.array("i", payload[:usable]))
+    if not data and not fds:
+        raise EOFError("peer closed the connection")
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        _close_all(fds)
+        raise ProtocolError("message or descriptors were truncated")
+    return decode(data), fds
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
