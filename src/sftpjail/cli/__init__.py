@@ -47,13 +47,15 @@ def _register() -> None:
 
     # Imported here so that `sftpjail version` stays cheap and so each area
     # module can import `cli` helpers without a cycle.
-    from sftpjail.cli import firewall, health, probe, serve
+    from sftpjail.cli import firewall, health, probe, serve, users
 
     cli.add_command(serve.serve)
     cli.add_command(serve.hostkeys)
     cli.add_command(health.healthcheck)
     cli.add_command(firewall.firewall)
     cli.add_command(probe.probe)
+    cli.add_command(users.user)
+    cli.add_command(users.hash_password_command)
 
 
 _register()
