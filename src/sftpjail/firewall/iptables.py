@@ -212,7 +212,7 @@ class _Table:
 
         for chain in OWN_CHAINS:
             if chain not in plan.chains and self._chain_rules(chain) is not None:
-                self._iptables("-X", chain)
+                self._delete_chain(chain)
 
     def remove(self) -> list[str]:
         """Undo `apply`: tagged jumps first, then our chains, then DOCKER-USER."""
@@ -227,8 +227,7 @@ class _Table:
 
         for chain in OWN_CHAINS:
             if self._chain_rules(chain) is not None:
-                self._iptables("-F", chain)
-                self._iptables("-X", chain)
+                self._delete_chain(chain)
                 removed += 1
 
         notes = [f"{self.label}: removed {removed} sftpjail rules and chains"]
@@ -296,6 +295,12 @@ class _Table:
         if result.returncode != 0:
             return f"{self.label}: kept {DOCKER_USER}: another rule jumps to it"
         return f"{self.label}: removed the {DOCKER_USER} chain sftpjail had created"
+
+    def _delete_chain(self, chain: str) -> None:
+        """Empty one of our chains, then delete it."""
+
+        self._iptables("-F", chain)
+        self._iptables("-X", chain)
 
     def _chain_rules(self, chain: str) -> list[str] | None:
         """Return a chain's rules in `-S` form, or None if it does not exist."""
