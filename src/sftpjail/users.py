@@ -60,7 +60,12 @@ _Result = TypeVar("_Result")
 
 @dataclass(frozen=True)
 class User:
-    """One account as the users file describes it, already validated."""
+    """One account as the users file describes it, already validated.
+
+    `authorized_keys` are normalized OpenSSH lines, "type base64 [comment]";
+    `home` is relative to data_dir.  The hash is left out of the repr so
+    that logging a user cannot leak it.
+    """
 
     name: str
     password_hash: str | None = field(repr=False)
@@ -84,12 +89,20 @@ def user_name_problem(name: str) -> str | None:
     )
 
 
+def _shown(name: str) -> str:
+    """A name fit for a message: quoted, with anything odd escaped."""
+
+    if _USER_NAME.fullmatch(name):
+        return f'"{name}"'
+    return repr(name)
+
+
 def check_user_name(name: str) -> None:
     """Raise UsersFileError if `name` cannot be a user name."""
 
     problem = user_name_problem(name)
     if problem is not None:
-        raise UsersFileError(f"{name!r} {problem}")
+        raise UsersFileError(f"{_shown(name)} {problem}")
 
 
 # -- reading and validation ---------------------------------------------
@@ -191,7 +204,7 @@ def parse_users(text: str, source: Path, *, warn: bool = True) -> dict[str, User
 def _user_from_record(name: str, record: Any, source: Path, warn: bool) -> User:
     problem = user_name_problem(name)
     if problem is not None:
-        raise UsersFileError(f"{source}: user {name!r} {problem}")
+        raise UsersFileError(f"{source}: user {_shown(name)} {problem}")
     if not isinstance(record, dict):
         raise UsersFileError(f'{source}: user "{name}" must be a table')
 
@@ -233,7 +246,10 @@ def _refuse_hidden_user(name: str, key: str, value: Any, source: Path) -> None:
 
 
 class UsersFile:
-    """The users file on disk: validated reads and locked, atomic edits."""
+    """The users file on disk: validated reads and locked, atomic edits.
+
+    An edit waits at most `lock_timeout` seconds for another one to end.
+    """
 
     def __init__(self, path: Path, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
         self.path = path
@@ -300,13 +316,17 @@ class UsersFile:
         try:
             key = parse_public_key(key_or_line)
         except ValueError as error:
-            raise UsersFileError(f'the new key for user "{name}" {error}') from None
+            raise UsersFileError(
+                f"the new key for user {_shown(name)} {error}"
+            ) from None
 
         def change(users: Table) -> None:
             keys = self._keys(users, name, create=True)
             if any(same_key(str(line), key) for line in keys):
                 fingerprint = key.get_fingerprint("sha256")
-                raise UsersFileError(f'user "{name}" already has key {fingerprint}')
+                raise UsersFileError(
+                    f"user {_shown(name)} already has key {fingerprint}"
+                )
             keys.append(key_line(key))
 
         self._edit(change)
@@ -329,37 +349,37 @@ class UsersFile:
                     del keys[index]
                     return str(line)
             wanted = describe_key(key_or_fingerprint)
-            raise UsersFileError(f'user "{name}" has no key matching {wanted}')
+            raise UsersFileError(f"user {_shown(name)} has no key matching {wanted}")
 
         return self._edit(change)
 
     def _user_exists(self, name: str) -> UserExistsError:
         return UserExistsError(
-            f'user "{name}" already exists in {self.path}; '
+            f"user {_shown(name)} already exists in {self.path}; "
             "choose another name or remove that user first"
         )
 
     def _unknown_user(self, name: str) -> UnknownUserError:
-        return UnknownUserError(f"no user {name!r} in {self.path}")
+        return UnknownUserError(f"no user {_shown(name)} in {self.path}")
 
     def _record(self, users: Table, name: str) -> AbstractTable:
         record = users.get(name)
         if record is None:
             raise self._unknown_user(name)
         if not isinstance(record, AbstractTable):
-            raise UsersFileError(f"{self.path}: user {name!r} must be a table")
+            raise UsersFileError(f"{self.path}: user {_shown(name)} must be a table")
         return record
 
     def _keys(self, users: Table, name: str, create: bool) -> Array:
         record = self._record(users, name)
         if "authorized_keys" not in record:
             if not create:
-                raise UsersFileError(f'user "{name}" has no authorized keys')
+                raise UsersFileError(f"user {_shown(name)} has no authorized keys")
             record["authorized_keys"] = tomlkit.array().multiline(True)
         keys = record["authorized_keys"]
         if not isinstance(keys, Array):
             raise UsersFileError(
-                f'{self.path}: user "{name}": authorized_keys must be a list'
+                f"{self.path}: user {_shown(name)}: authorized_keys must be a list"
             )
         return keys
 
@@ -468,6 +488,6 @@ def _normalized_keys(user: User) -> tuple[str, ...]:
             lines.append(key_line(parse_public_key(line)))
         except ValueError as error:
             raise UsersFileError(
-                f'user "{user.name}": authorized_keys entry {number} {error}'
+                f"user {_shown(user.name)}: authorized_keys entry {number} {error}"
             ) from None
     return tuple(lines)
