@@ -364,7 +364,7 @@ def test_edits_of_an_unknown_user_fail(users_path: Path) -> None:
     users_path.write_text(COMMENTED)
     users_file = UsersFile(users_path)
 
-    with pytest.raises(UnknownUserError, match="no user 'carol'"):
+    with pytest.raises(UnknownUserError, match='no user "carol"'):
         users_file.remove("carol")
     with pytest.raises(UnknownUserError):
         users_file.set_password("carol", PASSWORD_HASH)
