@@ -1,0 +1,624 @@
+"""The supervisor: owns the sockets, the users and every login decision.
+
+Theory of operation
+-------------------
+Three kinds of process cooperate:
+
+* The **supervisor** (this module) binds the listening sockets, holds the
+  users file, decides every authentication and enforces the connection
+  limits.  It is a plain `selectors` loop with no asyncio and no threads,
+  so it can never be caught forking in the middle of a running event loop.
+* The **zygote** (`sftpjail.zygote`) is started once with a fresh
+  interpreter, before anything secret is loaded here.  It imports
+  everything a worker needs and then forks one worker per connection when
+  the supervisor hands it the accepted socket.  Because its memory never
+  held the users file, no worker's memory holds a password hash either.
+* Each **worker** (`sftpjail.worker`) speaks SSH with one client inside a
+  kernel sandbox and asks the supervisor, over its own socket pair, whether
+  a user name and credential are good.
+
+The supervisor trusts no worker.  It answers a worker only about that
+worker's own connection, delays every failure itself, counts attempts
+itself, and ends a worker that breaks the message protocol.  It learns of a
+worker's end when the worker's socket pair closes, and ends workers that
+outlive the login grace time without logging in.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftpjail import ipc
+from sftpjail.audit import audit, audit_descriptors
+from sftpjail.config import Config, ListenAddress
+from sftpjail.homes import ensure_home
+from sftpjail.hostkeys import load_host_keys
+from sftpjail.passwords import equalize_timing, verify_password
+from sftpjail.users import User, UsersFile
+
+logger = logging.getLogger("sftpjail.supervisor")
+
+# A worker that has not logged in this long after the grace time is ended
+# by force; asyncssh's own login timer should have closed it already.
+_GRACE_MARGIN = 5.0
+_MAX_FAILURE_DELAY = 8.0
+_LISTEN_BACKLOG = 128
+_KILL_AFTER_TERM = 2.0
+_OVER_LIMIT_LINE = b"sftpjail: too many connections, try again later\r\n"
+
+
+@dataclass
+class Session:
+    """What the supervisor knows about one connection and its worker."""
+
+    connection_id: int
+    peer_host: str
+    peer_port: int
+    link: socket.socket
+    started: float
+    pidfd: int | None = None
+    pid: int | None = None
+    user: str | None = None
+    failures: int = 0
+    granted: dict[str, tuple[User, str]] = field(default_factory=dict)
+    pending_reply: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class Supervisor:
+    """Accepts connections, hands them to workers and answers their questions."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.selector = selectors.DefaultSelector()
+        self.listeners: list[socket.socket] = []
+        self.sessions: dict[int, Session] = {}
+        self.users: dict[str, User] = {}
+        self.should_exit = False
+        self.shutdown_deadline: float | None = None
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_order = itertools.count()
+        self._connection_ids = itertools.count(1)
+        self._zygote: subprocess.Popen[bytes] | None = None
+        self._zygote_link: socket.socket | None = None
+        self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._service_owner: tuple[int, int] | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def startup(self) -> None:
+        """Load keys and users, bind the sockets, start the zygote."""
+
+        logger.info("Starting sftpjail supervisor (pid %d).", os.getpid())
+        for host_key in load_host_keys(self.config.state_dir):
+            logger.info("Host key %s.", host_key.describe())
+
+        self._service_owner = _service_owner(self.config)
+        self.users = UsersFile(self.config.users_file).load()
+        logger.info("Loaded %d users from %s.", len(self.users), self.config.users_file)
+
+        for address in self.config.listen:
+            self.listeners.append(_bind(address))
+            logger.info("Listening on %s.", address)
+
+        self._install_signal_handlers()
+        self._start_zygote()
+        for listener in self.listeners:
+            self.selector.register(listener, selectors.EVENT_READ, self._accept)
+        self.selector.register(self._wakeup_read, selectors.EVENT_READ, self._on_signal)
+        logger.info("Ready to accept connections.")
+
+    def main_loop(self) -> None:
+        """Serve until asked to stop and every session has ended."""
+
+        while not self._finished():
+            timeout = self._run_due_timers()
+            for key, _events in self.selector.select(timeout):
+                handler: Callable[[], None] = key.data
+                handler()
+
+    def shutdown(self) -> None:
+        """End the remaining workers and the zygote; close everything."""
+
+        for session in list(self.sessions.values()):
+            self._signal_worker(session, signal.SIGKILL)
+            self._forget(session, "server stopped")
+        if self._zygote is not None:
+            self._zygote.terminate()
+            try:
+                self._zygote.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._zygote.kill()
+                self._zygote.wait()
+        logger.info("Stopped.")
+
+    def run(self) -> None:
+        """Start, serve, stop: the whole life of the server."""
+
+        self.startup()
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
+
+    def _finished(self) -> bool:
+        if not self.should_exit:
+            return False
+        if not self.sessions:
+            return True
+        assert self.shutdown_deadline is not None
+        return time.monotonic() >= self.shutdown_deadline + _KILL_AFTER_TERM
+
+    # -- signals ---------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, lambda _signum, _frame: None)
+
+    def _on_signal(self) -> None:
+        """Act on signals outside their handlers, from the main loop."""
+
+        try:
+            received = os.read(self._wakeup_read, 512)
+        except BlockingIOError:
+            return
+        for signum in received:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._begin_shutdown(signal.Signals(signum).name)
+            elif signum == signal.SIGHUP:
+                self.reload_users()
+            elif signum == signal.SIGCHLD:
+                self._reap_zygote()
+
+    def _begin_shutdown(self, reason: str) -> None:
+        if self.should_exit:
+            return
+        grace = self.config.limits.shutdown_grace_time
+        logger.info(
+            "Shutting down on %s; waiting up to %.0f seconds for %d sessions.",
+            reason,
+            grace,
+            len(self.sessions),
+        )
+        self.should_exit = True
+        self.shutdown_deadline = time.monotonic() + grace
+        for listener in self.listeners:
+            self.selector.unregister(listener)
+            listener.close()
+        self.listeners.clear()
+        self._schedule(grace, self._end_remaining_sessions)
+
+    def _end_remaining_sessions(self) -> None:
+        if self.sessions:
+            logger.info("Grace time over; ending %d sessions.", len(self.sessions))
+        for session in list(self.sessions.values()):
+            self._signal_worker(session, signal.SIGTERM)
+
+    def reload_users(self) -> None:
+        """Read the users file again; keep the old users if it is invalid."""
+
+        try:
+            users = UsersFile(self.config.users_file).load()
+        except Exception as error:
+            logger.error(
+                "Kept the previous users: the users file is invalid: %s", error
+            )
+            return
+        self.users = users
+        logger.info("Reloaded %d users from %s.", len(users), self.config.users_file)
+
+    # -- zygote ----------------------------------------------------------
+
+    def _start_zygote(self) -> None:
+        ours, theirs = ipc.socket_pair()
+        command = [
+            sys.executable,
+            "-m",
+            "sftpjail.zygote",
+            "--link-fd",
+            str(theirs.fileno()),
+        ]
+        if self.config.source is not None:
+            command += ["--config", str(self.config.source)]
+        extra_audit = [fd for fd in audit_descriptors() if fd > 2]
+        for fd in extra_audit:
+            command += ["--audit-fd", str(fd)]
+
+        self._zygote = subprocess.Popen(
+            command, pass_fds=[theirs.fileno(), *extra_audit], close_fds=True
+        )
+        theirs.close()
+        self._zygote_link = ours
+        self.selector.register(ours, selectors.EVENT_READ, self._on_zygote_message)
+
+    def _reap_zygote(self) -> None:
+        if self._zygote is None or self._zygote.poll() is None:
+            return
+        status = self._zygote.returncode
+        if self.should_exit:
+            return
+        logger.error("The zygote exited with status %s; starting a new one.", status)
+        self._drop_zygote_link()
+        self._start_zygote()
+
+    def _drop_zygote_link(self) -> None:
+        if self._zygote_link is not None:
+            self.selector.unregister(self._zygote_link)
+            self._zygote_link.close()
+            self._zygote_link = None
+
+    def _on_zygote_message(self) -> None:
+        assert self._zygote_link is not None
+        try:
+            message, fds = ipc.receive_with_fds(self._zygote_link, max_fds=1)
+        except (EOFError, ConnectionError):
+            self._drop_zygote_link()
+            return
+        except ipc.ProtocolError as error:
+            logger.error("The zygote sent a bad message: %s", error)
+            return
+
+        if message["type"] == "spawned" and fds:
+            self._on_worker_spawned(message, fds[0])
+        elif message["type"] == "exited":
+            self._on_worker_exited(message)
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    def _on_worker_spawned(self, message: dict[str, object], pidfd: int) -> None:
+        session = self.sessions.get(int(str(message.get("connection_id", 0))))
+        if session is None:
+            os.close(pidfd)
+            return
+        session.pidfd = pidfd
+        session.pid = int(str(message.get("pid", 0)))
+
+    def _on_worker_exited(self, message: dict[str, object]) -> None:
+        status = message.get("status")
+        if status not in (0, None):
+            audit("worker.crashed", pid=message.get("pid"), status=status)
+            logger.warning(
+                "Worker %s exited with status %s.", message.get("pid"), status
+            )
+
+    # -- accepting -------------------------------------------------------
+
+    def _accept(self) -> None:
+        for listener in self.listeners:
+            try:
+                connection, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as error:
+                logger.warning("Accepting a connection failed: %s", error.strerror)
+                continue
+            self._admit(connection, address[0], address[1])
+
+    def _admit(self, connection: socket.socket, host: str, port: int) -> None:
+        limits = self.config.limits
+        from_source = sum(1 for s in self.sessions.values() if s.peer_host == host)
+        if (
+            len(self.sessions) >= limits.max_sessions
+            or from_source >= limits.max_sessions_per_source
+        ):
+            audit(
+                "connection.refused",
+                peer=host,
+                port=port,
+                reason="too many connections",
+            )
+            logger.warning("Refused a connection from %s: too many connections.", host)
+            _refuse(connection)
+            return
+
+        connection_id = next(self._connection_ids)
+        ours, theirs = ipc.socket_pair()
+        session = Session(connection_id, host, port, ours, time.monotonic())
+        self.sessions[connection_id] = session
+        self.selector.register(
+            ours, selectors.EVENT_READ, lambda: self._on_worker_message(session)
+        )
+        audit("connection.accepted", connection=connection_id, peer=host, port=port)
+
+        try:
+            self._hand_to_zygote(session, connection, theirs)
+        finally:
+            connection.close()
+            theirs.close()
+        self._schedule(
+            limits.login_grace_time + _GRACE_MARGIN,
+            lambda: self._enforce_grace(session),
+        )
+
+    def _hand_to_zygote(
+        self, session: Session, connection: socket.socket, link: socket.socket
+    ) -> None:
+        message = {
+            "type": "spawn",
+            "connection_id": session.connection_id,
+            "peer_host": session.peer_host,
+            "peer_port": session.peer_port,
+        }
+        try:
+            assert self._zygote_link is not None
+            ipc.send_with_fds(
+                self._zygote_link, message, [connection.fileno(), link.fileno()]
+            )
+        except (AssertionError, OSError) as error:
+            logger.error(
+                "Could not hand connection %d to the zygote: %s",
+                session.connection_id,
+                error,
+            )
+            self._forget(session, "no zygote")
+
+    def _enforce_grace(self, session: Session) -> None:
+        if session.connection_id in self.sessions and session.user is None:
+            logger.warning(
+                "Ending connection %d: no login within the grace time.",
+                session.connection_id,
+            )
+            self._signal_worker(session, signal.SIGKILL)
+            self._forget(session, "login grace time exceeded")
+
+    # -- talking to workers ---------------------------------------------
+
+    def _on_worker_message(self, session: Session) -> None:
+        try:
+            data = session.link.recv(ipc.MAX_MESSAGE_BYTES + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._forget(session, "closed")
+            return
+
+        try:
+            message = ipc.parse_worker_message(data)
+            self._handle(session, message)
+        except ipc.ProtocolError as error:
+            logger.warning(
+                "Ending connection %d: its worker broke the protocol: %s",
+                session.connection_id,
+                error,
+            )
+            self._signal_worker(session, signal.SIGKILL)
+            self._forget(session, "protocol violation")
+
+    def _handle(self, session: Session, message: ipc.WorkerMessage) -> None:
+        if isinstance(message, ipc.AuthRequest):
+            self._authenticate(session, message)
+        elif isinstance(message, ipc.LoginNotice):
+            self._confirm_login(session, message.user)
+        else:
+            session.bytes_in = message.bytes_in
+            session.bytes_out = message.bytes_out
+
+    def _authenticate(self, session: Session, request: ipc.AuthRequest) -> None:
+        limits = self.config.limits
+        if session.pending_reply or session.user is not None:
+            raise ipc.ProtocolError("authentication request out of turn")
+        if session.failures >= limits.max_auth_attempts:
+            raise ipc.ProtocolError("authentication attempts after the limit")
+
+        user = self.users.get(request.user)
+        accepted = self._check_credential(user, request)
+
+        if accepted and user is not None:
+            home = ensure_home(self.config.data_dir, user.home, self._service_owner)
+            session.granted[user.name] = (user, request.method)
+            self._reply(session, _grant(home, user))
+            return
+
+        session.failures += 1
+        exhausted = session.failures >= limits.max_auth_attempts
+        audit(
+            "auth.failure",
+            connection=session.connection_id,
+            user=request.user,
+            method=request.method,
+            peer=session.peer_host,
+            attempt=session.failures,
+        )
+        logger.warning(
+            "Failed %s login for %s from %s.",
+            request.method,
+            request.user,
+            session.peer_host,
+        )
+
+        # Only password guesses are slowed down: a client offering several
+        # keys in turn is normal, and a key cannot be guessed.
+        delay = 0.0
+        if request.method == "password":
+            growth = 2 ** (session.failures - 1)
+            delay = min(limits.auth_failure_delay * growth, _MAX_FAILURE_DELAY)
+        reply = _refusal(disconnect=exhausted)
+        session.pending_reply = True
+        self._schedule(delay, lambda: self._reply(session, reply))
+
+    @staticmethod
+    def _check_credential(user: User | None, request: ipc.AuthRequest) -> bool:
+        if request.method == "password":
+            if user is None or user.password_hash is None:
+                equalize_timing(request.credential)
+                return False
+            return verify_password(user.password_hash, request.credential)
+        if user is None:
+            return False
+        offered = _key_identity(request.credential)
+        return any(_key_identity(line) == offered for line in user.authorized_keys)
+
+    def _reply(self, session: Session, message: dict[str, object]) -> None:
+        session.pending_reply = False
+        if session.connection_id not in self.sessions:
+            return
+        try:
+            session.link.send(ipc.encode(message))
+        except OSError:
+            self._forget(session, "closed")
+
+    def _confirm_login(self, session: Session, user_name: str) -> None:
+        grant = session.granted.get(user_name)
+        if grant is None or session.user is not None:
+            raise ipc.ProtocolError(f"login as {user_name!r} was never granted")
+        session.user = user_name
+        audit(
+            "auth.success",
+            connection=session.connection_id,
+            user=user_name,
+            method=grant[1],
+            peer=session.peer_host,
+        )
+        logger.info(
+            "User %s logged in from %s (connection %d).",
+            user_name,
+            session.peer_host,
+            session.connection_id,
+        )
+
+    def _signal_worker(self, session: Session, signum: signal.Signals) -> None:
+        if session.pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(session.pidfd, signum)
+        except ProcessLookupError:
+            pass
+
+    def _forget(self, session: Session, reason: str) -> None:
+        if self.sessions.pop(session.connection_id, None) is None:
+            return
+        self.selector.unregister(session.link)
+        session.link.close()
+        if session.pidfd is not None:
+            os.close(session.pidfd)
+        duration = round(time.monotonic() - session.started, 3)
+        audit(
+            "connection.closed",
+            connection=session.connection_id,
+            peer=session.peer_host,
+            user=session.user,
+            duration=duration,
+            reason=reason,
+        )
+
+    # -- timers ----------------------------------------------------------
+
+    def _schedule(self, delay: float, action: Callable[[], None]) -> None:
+        heapq.heappush(
+            self._timers, (time.monotonic() + delay, next(self._timer_order), action)
+        )
+
+    def _run_due_timers(self) -> float | None:
+        """Run every timer that is due; return the wait until the next one."""
+
+        while self._timers:
+            when, _order, action = self._timers[0]
+            wait = when - time.monotonic()
+            if wait > 0:
+                return min(wait, 1.0)
+            heapq.heappop(self._timers)
+            action()
+        return 1.0
+
+
+def _bind(address: ListenAddress) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        listener.bind((address.host, address.port))
+    except OSError as error:
+        listener.close()
+        hint = (
+            " (is another server running?)" if error.errno == errno.EADDRINUSE else ""
+        )
+        raise OSError(
+            error.errno, f"cannot listen on {address}: {error.strerror}{hint}"
+        ) from None
+    listener.listen(_LISTEN_BACKLOG)
+    listener.setblocking(False)
+    return listener
+
+
+def _grant(home: Path, user: User) -> dict[str, object]:
+    return {
+        "type": "auth_reply",
+        "ok": True,
+        "home": str(home),
+        "read_only": user.read_only,
+        "disconnect": False,
+    }
+
+
+def _refusal(*, disconnect: bool) -> dict[str, object]:
+    return {
+        "type": "auth_reply",
+        "ok": False,
+        "home": None,
+        "read_only": False,
+        "disconnect": disconnect,
+    }
+
+
+def _refuse(connection: socket.socket) -> None:
+    """Tell an over-limit client why, in the only way possible before SSH."""
+
+    try:
+        connection.setblocking(False)
+        connection.send(_OVER_LIMIT_LINE)
+    except OSError:
+        pass
+    connection.close()
+
+
+def _key_identity(line: str) -> tuple[str, str]:
+    """The algorithm and key blob of an OpenSSH public key line."""
+
+    parts = line.split()
+    return (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+
+
+def _service_owner(config: Config) -> tuple[int, int] | None:
+    """Who should own homes: the service user when running as root."""
+
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(config.service_user)
+    except KeyError:
+        from sftpjail.errors import ConfigError
+
+        raise ConfigError(
+            f"service_user {config.service_user!r} does not exist; create it "
+            f"(useradd --system {config.service_user}) or set server.service_user"
+        ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def serve(config: Config) -> None:
+    """Run a supervisor for `config` until it is told to stop."""
+
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
+    Supervisor(config).run()
