@@ -59,7 +59,7 @@ COPY deploy/container/entrypoint.sh /usr/local/bin/sftpjail-entrypoint
 # no-new-privileges makes them inert, this makes them absent.
 RUN rm -rf /usr/bin/apt* /usr/bin/dpkg* /usr/sbin/dpkg* /usr/lib/apt \
         /usr/lib/dpkg /etc/apt /var/lib/apt /var/cache/apt /var/cache/debconf \
-        /usr/bin/perl* /usr/lib/x86_64-linux-gnu/perl* /usr/share/perl* \
+        /usr/bin/perl* /usr/lib/*-linux-gnu/perl* /usr/share/perl* \
         /usr/local/bin/pip* /usr/local/lib/python3*/site-packages/pip \
         /usr/local/lib/python3*/ensurepip /usr/lib/python3*/ensurepip \
         /usr/share/python-wheels /usr/share/doc /usr/share/man /usr/share/info \
@@ -88,6 +88,6 @@ VOLUME ["/data", "/state"]
 EXPOSE 2222
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
-    CMD ["sftpjail", "healthcheck", "--config", "/etc/sftpjail/config.toml"]
+    CMD ["sftpjail", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/sftpjail-entrypoint"]
-CMD ["sftpjail", "serve", "--config", "/etc/sftpjail/config.toml"]
+CMD ["sftpjail", "serve"]
