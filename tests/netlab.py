@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+import pytest
+
 BRIDGE = "sjbr0"
 BRIDGE_SUBNET_V4 = "10.203.0.0/24"
 BRIDGE_SUBNET_V6 = "fd00:203::/64"
@@ -88,6 +90,16 @@ def netns_unavailable_reason() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (see scripts/setup.sh)"
     return None
+
+
+# `pytestmark = NETNS_MARKS` in a test module that builds namespaces.
+NETNS_MARKS = [
+    pytest.mark.netns,
+    pytest.mark.skipif(
+        netns_unavailable_reason() is not None,
+        reason=str(netns_unavailable_reason()),
+    ),
+]
 
 
 @dataclass

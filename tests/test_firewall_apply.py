@@ -15,15 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from netlab import BRIDGE, netns_unavailable_reason, python_env
+from netlab import BRIDGE, NETNS_MARKS, python_env
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(
-        netns_unavailable_reason() is not None,
-        reason=str(netns_unavailable_reason()),
-    ),
-]
+pytestmark = NETNS_MARKS
 
 # (backend, iptables variant): the variant only matters to iptables.
 VARIANTS = [
