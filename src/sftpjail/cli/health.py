@@ -23,7 +23,8 @@ from pathlib import Path
 
 import click
 
-from sftpjail.config import ListenAddress, load_config
+from sftpjail.cli.options import config_option, load
+from sftpjail.config import ListenAddress
 from sftpjail.errors import HealthCheckError
 
 IDENTIFICATION_PREFIX = b"SSH-"
@@ -40,24 +41,23 @@ _FAMILY_MISSING = {errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EAFNOSUPPORT}
 
 _LOOPBACK_FOR_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
 
+# What one address did, as printed.
+ANSWERED = "answered"
+SKIPPED = "skipped"
+FAILED = "failed"
+
 
 @dataclass(frozen=True)
-class ProbeResult:
+class AddressCheck:
     """What one listen address did when asked for its identification."""
 
     target: ListenAddress
-    outcome: str  # "answered", "skipped" or "failed"
+    outcome: str  # ANSWERED, SKIPPED or FAILED
     detail: str
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="The server's configuration file (its listen addresses are checked).",
-)
+@config_option
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.1, max=60.0),
@@ -65,30 +65,30 @@ class ProbeResult:
     show_default=True,
     help="Seconds to wait for each address.",
 )
-def healthcheck(config_path: Path, timeout: float) -> None:
+def healthcheck(config_path: Path | None, timeout: float) -> None:
     """Check that the server sends its SSH identification on every address.
 
     Exits 0 when healthy; otherwise prints why and exits non-zero.
     """
 
-    config = load_config(config_path)
-    results = [probe_listen_address(address, timeout) for address in config.listen]
+    config = load(config_path)
+    results = [check_listen_address(address, timeout) for address in config.listen]
     for result in results:
         click.echo(f"{result.target} {result.outcome}: {result.detail}")
 
-    failed = [result for result in results if result.outcome == "failed"]
+    failed = [result for result in results if result.outcome == FAILED]
     if failed:
         raise HealthCheckError(
             f"the server does not answer on {failed[0].target}: {failed[0].detail}"
         )
-    if not any(result.outcome == "answered" for result in results):
+    if not any(result.outcome == ANSWERED for result in results):
         raise HealthCheckError(
             "no listen address could be checked from inside this network "
             "namespace; listen on a wildcard or loopback address"
         )
 
 
-def probe_listen_address(address: ListenAddress, timeout: float) -> ProbeResult:
+def check_listen_address(address: ListenAddress, timeout: float) -> AddressCheck:
     """Connect to `address` (wildcards via loopback) and read its banner."""
 
     target = ListenAddress(
@@ -97,26 +97,26 @@ def probe_listen_address(address: ListenAddress, timeout: float) -> ProbeResult:
     try:
         line = _read_identification(target, timeout)
     except TimeoutError:
-        return ProbeResult(target, "failed", f"no identification in {timeout:g} s")
+        return AddressCheck(target, FAILED, f"no identification in {timeout:g} s")
     except OSError as error:
         if error.errno in _FAMILY_MISSING:
-            return ProbeResult(target, "skipped", "no such address here")
-        return ProbeResult(target, "failed", error.strerror or str(error))
+            return AddressCheck(target, SKIPPED, "no such address here")
+        return AddressCheck(target, FAILED, error.strerror or str(error))
 
     if not line.startswith(SUPPORTED_PREFIX):
         shown = line[:40].decode("ascii", "replace")
-        return ProbeResult(target, "failed", f"unexpected identification {shown!r}")
-    return ProbeResult(target, "answered", line.decode("ascii", "replace"))
+        return AddressCheck(target, FAILED, f"unexpected identification {shown!r}")
+    return AddressCheck(target, ANSWERED, line.decode("ascii", "replace"))
 
 
 def _read_identification(target: ListenAddress, timeout: float) -> bytes:
     """Return the server's `SSH-` line, stripped of its line ending."""
 
     deadline = time.monotonic() + timeout
-    with socket.create_connection((target.host, target.port), timeout) as sock:
-        stream = sock.makefile("rb")
+    connection = socket.create_connection((target.host, target.port), timeout)
+    with connection, connection.makefile("rb") as stream:
         for _ in range(_MAX_LINES):
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
             line = stream.readline(_MAX_LINE_LENGTH + 1)
             if not line:
                 raise ConnectionResetError(
