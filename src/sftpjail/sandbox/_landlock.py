@@ -160,31 +160,46 @@ class Feature:
 # Oldest first.  ABI 1 (Linux 5.13) brought Landlock itself.
 FEATURES = (
     Feature(
-        2,
-        "5.19",
-        "refer",
-        "renaming or linking across directories fails with EXDEV",
+        abi=2,
+        kernel="5.19",
+        name="refer",
+        consequence="renaming or linking across directories fails with EXDEV",
         fs=REFER,
     ),
-    Feature(3, "6.2", "truncate", "truncation is not restricted", fs=TRUNCATE),
     Feature(
-        4,
-        "6.7",
-        "TCP bind/connect",
-        "only seccomp keeps the worker off TCP",
+        abi=3,
+        kernel="6.2",
+        name="truncate",
+        consequence="truncation is not restricted",
+        fs=TRUNCATE,
+    ),
+    Feature(
+        abi=4,
+        kernel="6.7",
+        name="TCP bind/connect",
+        consequence="only seccomp keeps the worker off TCP",
         net=ALL_NET,
     ),
     Feature(
-        5, "6.10", "device ioctl", "ioctl on devices is not restricted", fs=IOCTL_DEV
+        abi=5,
+        kernel="6.10",
+        name="device ioctl",
+        consequence="ioctl on devices is not restricted",
+        fs=IOCTL_DEV,
     ),
     Feature(
-        6,
-        "6.12",
-        "scopes",
-        "abstract Unix sockets and signals are not confined to the sandbox",
+        abi=6,
+        kernel="6.12",
+        name="scopes",
+        consequence="signals and abstract Unix sockets reach outside the sandbox",
         scopes=ALL_SCOPES,
     ),
-    Feature(7, "6.15", "audit logging", "denials are not written to the audit log"),
+    Feature(
+        abi=7,
+        kernel="6.15",
+        name="audit logging",
+        consequence="denials are not written to the audit log",
+    ),
 )
 
 
