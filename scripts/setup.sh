@@ -30,6 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Workers of a server started as root run as this unprivileged user.
+if [ "$(id -u)" = 0 ] && ! getent passwd sftpjail >/dev/null; then
+  echo "setup: creating the service user sftpjail"
+  useradd --system --no-create-home --shell /usr/sbin/nologin sftpjail
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -47,10 +47,11 @@ def _register() -> None:
 
     # Imported here so that `sftpjail version` stays cheap and so each area
     # module can import `cli` helpers without a cycle.
-    from sftpjail.cli import check, firewall, health, probe, serve, users
+    from sftpjail.cli import check, demo, firewall, health, probe, serve, users
 
     cli.add_command(serve.serve)
     cli.add_command(serve.hostkeys)
+    cli.add_command(demo.demo)
     cli.add_command(health.healthcheck)
     cli.add_command(firewall.firewall)
     cli.add_command(probe.probe)
