@@ -38,7 +38,8 @@ def bridge_subnets(bridge: str) -> tuple[IPNetwork, ...]:
     (yet) carries no subnets.
     """
 
-    result = run(["ip", "-json", "address", "show", "dev", bridge], accept_failure=True)
+    command = ["ip", "-json", "address", "show", "dev", bridge]
+    result = run(command, accept_failure=True)
     if result.returncode != 0:
         return ()
 
@@ -54,11 +55,11 @@ def bridge_subnets(bridge: str) -> tuple[IPNetwork, ...]:
 
 
 def flush_bridge_flows(spec: FirewallSpec) -> list[str]:
-    """Delete conntrack entries from the bridge subnets; return notes to show."""
+    """Delete conntrack entries from the bridge subnets; return notes."""
 
     subnets = spec.subnets or bridge_subnets(spec.bridge)
     if not subnets:
-        return [f"no subnet given and none found on {spec.bridge}; no flows flushed"]
+        return [f"no subnet given or found on {spec.bridge}; no flows flushed"]
     if not is_installed("conntrack"):
         return [
             "conntrack is not installed, so connections opened before apply "
@@ -79,7 +80,7 @@ def flush_bridge_flows(spec: FirewallSpec) -> list[str]:
 
 
 def _deleted_count(conntrack_message: str) -> str:
-    """Pull N out of "conntrack v1.4.7 ...: N flow entries have been deleted."."""
+    """Pull N out of "conntrack ...: N flow entries have been deleted."."""
 
     match = re.search(r"(\d+) flow entr", conntrack_message)
     return match.group(1) if match else "?"

@@ -1,4 +1,4 @@
-"""The iptables backend: chains of our own, jumped to from DOCKER-USER and INPUT.
+"""The iptables backend: our own chains, jumped to from DOCKER-USER and INPUT.
 
 Theory of operation.  Docker rebuilds its FORWARD rules on every restart
 but always sends forwarded traffic through DOCKER-USER first and leaves
@@ -41,6 +41,10 @@ DOCKER_USER = "DOCKER-USER"
 TAG = "sftpjail"
 CREATED_DOCKER_USER_TAG = "sftpjail: created DOCKER-USER"
 
+# Matches as `iptables -S` prints them.
+_ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED"
+_TCP_PORT = "-p tcp -m tcp --dport "
+
 # Chains that may hold a jump of ours (or our FORWARD -> DOCKER-USER jump).
 _JUMP_CHAINS = ("FORWARD", DOCKER_USER, "INPUT")
 
@@ -69,8 +73,8 @@ def render_plan(spec: FirewallSpec, version: int) -> IptablesPlan:
     )
     if spec.sftp_port is not None:
         plan.chains[INBOUND_CHAIN] = [
-            f"-A {INBOUND_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
-            f"-A {INBOUND_CHAIN} -p tcp -m tcp --dport {spec.sftp_port} -j RETURN",
+            f"-A {INBOUND_CHAIN} {_ESTABLISHED} -j RETURN",
+            f"-A {INBOUND_CHAIN} {_TCP_PORT}{spec.sftp_port} -j RETURN",
             f"-A {INBOUND_CHAIN} -j DROP",
         ]
         plan.jumps.append(
@@ -193,10 +197,10 @@ class _Table:
         )
 
     def apply(self, plan: IptablesPlan) -> None:
-        """Load the chains atomically, then make sure every jump is in place."""
+        """Load the chains atomically, then put every jump in place."""
 
         restore = f"{self.program}-restore"
-        chains = IptablesPlan(plan.version, plan.chains)  # chains only, no jumps
+        chains = IptablesPlan(plan.version, plan.chains)  # without the jumps
         run([restore, "-w", "--noflush"], stdin=render_restore_text(chains))
         self._ensure_docker_user()
 
@@ -215,7 +219,7 @@ class _Table:
                 self._delete_chain(chain)
 
     def remove(self) -> list[str]:
-        """Undo `apply`: tagged jumps first, then our chains, then DOCKER-USER."""
+        """Undo `apply`: tagged jumps, then our chains, then DOCKER-USER."""
 
         created_docker_user = False
         removed = 0
@@ -290,11 +294,11 @@ class _Table:
         """Delete the DOCKER-USER chain we created, if nobody uses it now."""
 
         if self._chain_rules(DOCKER_USER):
-            return f"{self.label}: kept {DOCKER_USER}: it now holds rules of others"
+            return f"{self.label}: kept {DOCKER_USER}: others added rules to it"
         result = self._iptables("-X", DOCKER_USER, accept_failure=True)
         if result.returncode != 0:
             return f"{self.label}: kept {DOCKER_USER}: another rule jumps to it"
-        return f"{self.label}: removed the {DOCKER_USER} chain sftpjail had created"
+        return f"{self.label}: removed the {DOCKER_USER} chain apply created"
 
     def _delete_chain(self, chain: str) -> None:
         """Empty one of our chains, then delete it."""
@@ -303,15 +307,16 @@ class _Table:
         self._iptables("-X", chain)
 
     def _chain_rules(self, chain: str) -> list[str] | None:
-        """Return a chain's rules in `-S` form, or None if it does not exist."""
+        """Return a chain's rules in `-S` form, or None if it is absent."""
 
         result = self._iptables("-S", chain, accept_failure=True)
         if result.returncode != 0:
             return None
-        return [line for line in result.stdout.splitlines() if line.startswith("-A ")]
+        lines = result.stdout.splitlines()
+        return [line for line in lines if line.startswith("-A ")]
 
     def _tagged_rules(self, chain: str) -> list[list[str]]:
-        """Return, split into words, the rules of `chain` that sftpjail added."""
+        """Return, split into words, the rules sftpjail added to `chain`."""
 
         rules = [shlex.split(line) for line in self._chain_rules(chain) or []]
         return [rule for rule in rules if _comment(rule).startswith(TAG)]
@@ -325,7 +330,8 @@ class _Table:
     def _iptables(self, *arguments: str, accept_failure: bool = False) -> CommandResult:
         """Run this family's iptables program, waiting for the xtables lock."""
 
-        return run([self.program, "-w", *arguments], accept_failure=accept_failure)
+        argv = [self.program, "-w", *arguments]
+        return run(argv, accept_failure=accept_failure)
 
 
 def _program(program: str, version: int) -> str:
@@ -353,7 +359,7 @@ def _kernel_has_ipv6() -> bool:
 def _egress_rules(spec: FirewallSpec, version: int) -> list[str]:
     """SFTPJAIL-EGRESS for one family."""
 
-    rules = [f"-A {EGRESS_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+    rules = [f"-A {EGRESS_CHAIN} {_ESTABLISHED} -j RETURN"]
     if version == 6:
         rules.extend(
             f"-A {EGRESS_CHAIN} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -j RETURN"
@@ -362,7 +368,7 @@ def _egress_rules(spec: FirewallSpec, version: int) -> list[str]:
     for allowed in spec.allowed:
         if allowed.network.version != version:
             continue
-        port = "" if allowed.port is None else f" -p tcp -m tcp --dport {allowed.port}"
+        port = "" if allowed.port is None else f" {_TCP_PORT}{allowed.port}"
         rules.append(f"-A {EGRESS_CHAIN} -d {allowed.network}{port} -j RETURN")
     rules.append(f"-A {EGRESS_CHAIN} -j DROP")
     return rules
