@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import fcntl
+import ipaddress
 import logging
 import os
 import re
@@ -19,7 +21,13 @@ import pytest
 import sftpjail
 from sftpjail.errors import UnknownUserError, UserExistsError, UsersFileError
 from sftpjail.passwords import hash_password
-from sftpjail.users import User, UsersFile
+from sftpjail.users import (
+    ALL_PERMISSIONS,
+    READ_PERMISSIONS,
+    User,
+    UsersFile,
+    login_refusal,
+)
 
 # Made once: hashing is deliberately slow.
 PASSWORD_HASH = hash_password("hunter2")
@@ -47,6 +55,10 @@ def _user(name: str, **fields: object) -> User:
     }
     values.update(fields)
     return User(name=name, **values)  # type: ignore[arg-type]
+
+
+def _networks(*texts: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(text) for text in texts)
 
 
 @pytest.fixture
@@ -512,3 +524,215 @@ def test_concurrent_edits_all_land(users_path: Path) -> None:
     expected = {f"{p}{n}" for p in prefixes for n in range(per_process)}
     assert names == expected | {"alice"}
     assert "This comment must survive" in users_path.read_text()
+
+
+# -- login restrictions, permissions and quotas ---------------------------
+
+
+def test_load_reads_the_restriction_fields(users_path: Path) -> None:
+    _write(
+        users_path,
+        """\
+        [users.alice]
+        disabled = true
+        expires = 2027-01-31
+        allowed_networks = ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]
+        quota_bytes = 1073741824
+        quota_files = 1000
+
+        [users.alice.permissions]
+        "/" = ["list", "download"]
+        "/incoming" = ["list", "upload", "mkdir"]
+
+        [users.bob]
+        expires = 2027-01-31T18:30:00+02:00
+        """,
+    )
+
+    users = UsersFile(users_path).load()
+
+    alice = users["alice"]
+    assert alice.disabled is True
+    assert alice.expires == datetime.date(2027, 1, 31)
+    assert [str(network) for network in alice.allowed_networks] == [
+        "192.0.2.0/24",
+        "2001:db8::/32",
+        "198.51.100.7/32",
+    ]
+    assert alice.quota_bytes == 1073741824
+    assert alice.quota_files == 1000
+    assert dict(alice.permissions) == {
+        "/": frozenset({"list", "download"}),
+        "/incoming": frozenset({"list", "upload", "mkdir"}),
+    }
+    assert users["bob"].expires_at == datetime.datetime(
+        2027, 1, 31, 16, 30, tzinfo=datetime.UTC
+    )
+
+
+def test_permissions_default_to_everything_or_to_reading(users_path: Path) -> None:
+    _write(users_path, "[users.alice]\n[users.viewer]\nread_only = true\n")
+
+    users = UsersFile(users_path).load()
+
+    assert dict(users["alice"].permissions) == {"/": ALL_PERMISSIONS}
+    assert dict(users["viewer"].permissions) == {"/": READ_PERMISSIONS}
+    assert users["alice"].disabled is False
+    assert users["alice"].expires is None
+    assert users["alice"].allowed_networks == ()
+    assert users["alice"].quota_bytes is None
+
+
+def test_read_only_wins_over_write_permissions(users_path: Path) -> None:
+    _write(
+        users_path,
+        """\
+        [users.viewer]
+        read_only = true
+        [users.viewer.permissions]
+        "/" = ["list", "download", "upload", "delete"]
+        "/drop" = ["upload"]
+        """,
+    )
+
+    viewer = UsersFile(users_path).load()["viewer"]
+
+    assert dict(viewer.permissions) == {
+        "/": frozenset({"list", "download"}),
+        "/drop": frozenset(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        ('disabled = "no"', "disabled must be true or false"),
+        ('expires = "2027-01-31"', "expires must be a TOML date"),
+        ("expires = 10:00:00", "expires must be a TOML date"),
+        ('allowed_networks = "10.0.0.0/8"', "allowed_networks must be a list"),
+        (
+            'allowed_networks = ["10.0.0.1/8"]',
+            "allowed_networks entry 1 '10.0.0.1/8' is not a network",
+        ),
+        ('allowed_networks = ["anywhere"]', "entry 1 'anywhere' is not a network"),
+        ("allowed_networks = [10]", "allowed_networks entry 1 must be a string"),
+        ("quota_bytes = 0", "quota_bytes must be a whole number greater than zero"),
+        ("quota_files = -1", "quota_files must be a whole number greater than zero"),
+        ("quota_bytes = 1.5", "quota_bytes must be a whole number"),
+        ("quota_files = true", "quota_files must be a whole number"),
+        ('permissions = ["list"]', "permissions must be a table of directories"),
+        ('[users.alice.permissions]\n"/x" = ["list"]', 'must include "/"'),
+        (
+            '[users.alice.permissions]\n"/" = ["list", "execute"]',
+            'unknown permission "execute"; known: list, download, upload',
+        ),
+        ('[users.alice.permissions]\n"/" = "list"', "must be a list of permission"),
+        (
+            '[users.alice.permissions]\n"/" = []\n"incoming" = []',
+            'directory "incoming" must be absolute',
+        ),
+        (
+            '[users.alice.permissions]\n"/" = []\n"/a/../b" = []',
+            'directory "/a/../b" must not contain ".."',
+        ),
+        (
+            '[users.alice.permissions]\n"/" = []\n"/in/" = []',
+            'directory "/in/" is not in normal form; write it as "/in"',
+        ),
+        (
+            '[users.alice.permissions]\n"/" = []\n"//in" = []',
+            'write it as "/in"',
+        ),
+        (
+            '[users.alice.permissions]\n"/" = []\n"/a\\u0000b" = []',
+            "contains a NUL or control character",
+        ),
+    ],
+)
+def test_bad_restriction_fields_are_rejected(
+    users_path: Path, lines: str, problem: str
+) -> None:
+    _write(users_path, f"[users.alice]\n{lines}\n")
+
+    with pytest.raises(UsersFileError, match='user "alice"') as caught:
+        UsersFile(users_path).load()
+    assert problem in str(caught.value)
+
+
+NOW = datetime.datetime(2027, 1, 31, 12, 0, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("fields", "source", "reason"),
+    [
+        ({}, "127.0.0.1", None),
+        ({"disabled": True}, "127.0.0.1", "user disabled"),
+        ({"expires": datetime.date(2027, 2, 1)}, "127.0.0.1", None),
+        ({"expires": datetime.date(2027, 1, 31)}, "127.0.0.1", "user expired"),
+        ({"expires": datetime.datetime(2027, 1, 31, 12, 1)}, "127.0.0.1", None),
+        (
+            {"expires": datetime.datetime(2027, 1, 31, 11, 59)},
+            "127.0.0.1",
+            "user expired",
+        ),
+        ({"allowed_networks": _networks("127.0.0.1/32")}, "127.0.0.1", None),
+        (
+            {"allowed_networks": _networks("10.0.0.0/8")},
+            "127.0.0.1",
+            "source address not allowed",
+        ),
+        ({"allowed_networks": _networks("10.0.0.0/8", "::1/128")}, "::1", None),
+        ({"allowed_networks": _networks("127.0.0.0/8")}, "::ffff:127.0.0.2", None),
+        (
+            {"allowed_networks": _networks("127.0.0.0/8")},
+            "not an address",
+            "source address not allowed",
+        ),
+    ],
+)
+def test_login_refusal_gives_the_real_reason(
+    fields: dict[str, object], source: str, reason: str | None
+) -> None:
+    assert login_refusal(_user("alice", **fields), source, NOW) == reason
+
+
+def test_added_user_keeps_every_new_field(users_path: Path) -> None:
+    users_path.write_text(COMMENTED)
+    carol = _user(
+        "carol",
+        disabled=True,
+        expires=datetime.date(2027, 1, 31),
+        allowed_networks=_networks("192.0.2.0/24"),
+        permissions={"/": READ_PERMISSIONS, "/in box": frozenset({"upload"})},
+        quota_bytes=5000,
+        quota_files=7,
+    )
+
+    UsersFile(users_path).add(carol)
+    UsersFile(users_path).add(_user("dave"))
+
+    text = users_path.read_text()
+    assert "# where her files live" in text
+    assert '"/in box" = ["upload"]' in text
+    assert '"/" = ["list", "download"]' in text
+    assert "expires = 2027-01-31" in text
+    dave_table = text.split("[users.dave]")[1]
+    assert "permissions" not in dave_table and "disabled" not in dave_table
+    users = UsersFile(users_path).load()
+    assert users["carol"] == carol
+    assert users["dave"] == _user("dave")
+
+
+def test_permissions_stay_small_enough_for_one_message(users_path: Path) -> None:
+    entries = "".join(f'"/d{number}" = ["list"]\n' for number in range(32))
+    _write(users_path, f'[users.alice.permissions]\n"/" = []\n{entries}')
+    long_name = "/" + "x" * 255
+    _write(
+        users_path.with_name("long.toml"),
+        f'[users.alice.permissions]\n"/" = []\n"{long_name}" = []\n',
+    )
+
+    with pytest.raises(UsersFileError, match="at most 32 directories"):
+        UsersFile(users_path).load()
+    with pytest.raises(UsersFileError, match="longer than 255 bytes"):
+        UsersFile(users_path.with_name("long.toml")).load()

@@ -6,6 +6,11 @@ every record against one table of field parsers, `_FIELDS`; the result is
 a mapping of frozen `User` records, or a `UsersFileError` naming the user
 and the problem.  A new field is one `User` field plus one parser.
 
+Restrictions on logging in (`disabled`, `expires`, `allowed_networks`) are
+judged by `login_refusal`, which the supervisor asks after the credential
+was found good; per-directory `permissions` and quotas travel to the
+worker with the supervisor's yes.
+
 Edits go through tomlkit, so the operator's comments, layout and keys this
 version does not know survive them.  Each edit takes the file's exclusive
 edit lock, re-reads the file, applies the change, checks the whole
@@ -18,10 +23,14 @@ No message, log line or repr made here contains a password hash.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import logging
+import posixpath
 import re
 import tomllib
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +64,27 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
+# What a user may do below a directory of their home.  The sftp handlers
+# map each operation onto exactly one of these names.
+PERMISSIONS = (
+    "list",
+    "download",
+    "upload",
+    "overwrite",
+    "delete",
+    "rename",
+    "mkdir",
+    "symlink",
+    "chmod",
+)
+READ_PERMISSIONS = frozenset({"list", "download"})
+ALL_PERMISSIONS = frozenset(PERMISSIONS)
+HOME_DIRECTORY = "/"
+MAX_PERMISSION_DIRECTORIES = 32
+MAX_PERMISSION_DIRECTORY_BYTES = 255
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 _Result = TypeVar("_Result")
 
 
@@ -65,6 +95,13 @@ class User:
     `authorized_keys` are normalized OpenSSH lines, "type base64 [comment]";
     `home` is relative to data_dir.  The hash is left out of the repr so
     that logging a user cannot leak it.
+
+    `permissions` maps absolute directories of the user's own view ("/" is
+    the home) onto permission names from `PERMISSIONS`; it always holds "/".
+    Left empty, it becomes everything, or `READ_PERMISSIONS` for a
+    read-only user.  `read_only` wins over it: a read-only user's sets are
+    cut down to `READ_PERMISSIONS`.  `expires` is a date (logins end when
+    that UTC day begins) or a datetime (naive ones are UTC).
     """
 
     name: str
@@ -72,6 +109,70 @@ class User:
     authorized_keys: tuple[str, ...]
     home: str
     read_only: bool = False
+    disabled: bool = False
+    expires: datetime.date | None = None
+    allowed_networks: tuple[Network, ...] = ()
+    permissions: Mapping[str, frozenset[str]] = field(default_factory=dict, hash=False)
+    quota_bytes: int | None = None
+    quota_files: int | None = None
+
+    def __post_init__(self) -> None:
+        granted = dict(self.permissions) or default_permissions(self.read_only)
+        if self.read_only:
+            granted = {
+                path: names & READ_PERMISSIONS for path, names in granted.items()
+            }
+        object.__setattr__(self, "permissions", types.MappingProxyType(granted))
+
+    @property
+    def expires_at(self) -> datetime.datetime | None:
+        """The moment logins stop being accepted, in UTC; None if never."""
+
+        if self.expires is None:
+            return None
+        if isinstance(self.expires, datetime.datetime):
+            moment = self.expires
+        else:
+            moment = datetime.datetime.combine(self.expires, datetime.time())
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return moment
+
+
+def default_permissions(read_only: bool) -> dict[str, frozenset[str]]:
+    """What a user whose file names no permissions may do in their home."""
+
+    return {HOME_DIRECTORY: READ_PERMISSIONS if read_only else ALL_PERMISSIONS}
+
+
+def login_refusal(
+    user: User, source: str, now: datetime.datetime | None = None
+) -> str | None:
+    """Why `user` may not log in from address `source` now, or None.
+
+    The reason is for the audit log only; the client is told nothing more
+    than for a wrong password.
+    """
+
+    if user.disabled:
+        return "user disabled"
+    expires_at = user.expires_at
+    now = now or datetime.datetime.now(datetime.UTC)
+    if expires_at is not None and now >= expires_at:
+        return "user expired"
+    if user.allowed_networks and not _within(source, user.allowed_networks):
+        return "source address not allowed"
+    return None
+
+
+def _within(source: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 class _FieldError(Exception):
@@ -151,10 +252,110 @@ def _parse_home(value: Any) -> str:
     return value
 
 
-def _parse_read_only(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _FieldError("read_only must be true or false")
+def _parse_flag(key: str) -> Callable[[Any], bool]:
+    def parse(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise _FieldError(f"{key} must be true or false")
+        return value
+
+    return parse
+
+
+def _parse_expires(value: Any) -> datetime.date:
+    if not isinstance(value, datetime.date):
+        raise _FieldError(
+            "expires must be a TOML date (2027-01-31) or date-time "
+            "(2027-01-31T18:00:00Z), without quotes"
+        )
     return value
+
+
+def _parse_allowed_networks(value: Any) -> tuple[Network, ...]:
+    if not isinstance(value, list):
+        raise _FieldError(
+            'allowed_networks must be a list of networks, e.g. ["192.0.2.0/24"]'
+        )
+    networks = []
+    for number, text in enumerate(value, start=1):
+        if not isinstance(text, str):
+            raise _FieldError(f"allowed_networks entry {number} must be a string")
+        try:
+            networks.append(ipaddress.ip_network(text))
+        except ValueError as error:
+            raise _FieldError(
+                f"allowed_networks entry {number} {text!r} is not a network "
+                f"in CIDR form ({error})"
+            ) from None
+    return tuple(networks)
+
+
+def _parse_permissions(value: Any) -> dict[str, frozenset[str]]:
+    if not isinstance(value, dict):
+        raise _FieldError(
+            'permissions must be a table of directories, e.g. "/" = ["list"]'
+        )
+    if len(value) > MAX_PERMISSION_DIRECTORIES:
+        # The whole table travels to the worker in one small message.
+        raise _FieldError(
+            f"permissions may name at most {MAX_PERMISSION_DIRECTORIES} directories"
+        )
+    if HOME_DIRECTORY not in value:
+        raise _FieldError(
+            'permissions must include "/" (the home itself), e.g. '
+            '"/" = ["list", "download"]'
+        )
+    return {
+        _permission_directory(path): _permission_names(path, names)
+        for path, names in value.items()
+    }
+
+
+def _permission_directory(path: str) -> str:
+    if any(ord(character) < 0x20 or character == "\x7f" for character in path):
+        raise _FieldError(
+            f"permissions directory {path!r} contains a NUL or control character"
+        )
+    if not path.startswith("/"):
+        raise _FieldError(
+            f'permissions directory "{path}" must be absolute (start with "/")'
+        )
+    if len(path.encode()) > MAX_PERMISSION_DIRECTORY_BYTES:
+        raise _FieldError(
+            f"permissions directory {path[:40]!r}... is longer than "
+            f"{MAX_PERMISSION_DIRECTORY_BYTES} bytes"
+        )
+    if ".." in path.split("/"):
+        raise _FieldError(f'permissions directory "{path}" must not contain ".."')
+    normal = "/" + posixpath.normpath(path).lstrip("/")
+    if normal != path:
+        raise _FieldError(
+            f'permissions directory "{path}" is not in normal form; '
+            f'write it as "{normal}"'
+        )
+    return path
+
+
+def _permission_names(path: str, names: Any) -> frozenset[str]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _FieldError(
+            f'permissions for "{path}" must be a list of permission names'
+        )
+    unknown = sorted(set(names) - ALL_PERMISSIONS)
+    if unknown:
+        raise _FieldError(
+            f'permissions for "{path}": unknown permission "{unknown[0]}"; '
+            f"known: {', '.join(PERMISSIONS)}"
+        )
+    return frozenset(names)
+
+
+def _parse_quota(key: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise _FieldError(f"{key} must be a whole number greater than zero")
+        return value
+
+    return parse
 
 
 # Every key a user table may hold, with the function that checks and
@@ -164,7 +365,13 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "password_hash": _parse_password_hash,
     "authorized_keys": _parse_authorized_keys,
     "home": _parse_home,
-    "read_only": _parse_read_only,
+    "read_only": _parse_flag("read_only"),
+    "disabled": _parse_flag("disabled"),
+    "expires": _parse_expires,
+    "allowed_networks": _parse_allowed_networks,
+    "permissions": _parse_permissions,
+    "quota_bytes": _parse_quota("quota_bytes"),
+    "quota_files": _parse_quota("quota_files"),
 }
 
 
@@ -458,7 +665,7 @@ def _users_table(document: tomlkit.TOMLDocument, source: Path) -> Table:
 
 
 def _record_of(user: User) -> Table:
-    """Render a user as a TOML table: keys normalized, None and () left out."""
+    """Render a user as a TOML table: keys normalized, defaults left out."""
 
     check_user_name(user.name)
     record = tomlkit.table()
@@ -466,17 +673,29 @@ def _record_of(user: User) -> Table:
         value = getattr(user, key)
         if key == "authorized_keys":
             value = _normalized_keys(user)
-        if value is None or value == ():
+        if value is None or value == () or (key == "disabled" and not value):
             continue
+        if key == "permissions":
+            if value == default_permissions(user.read_only):
+                continue
+            value = _permissions_table(value)
         record[key] = _toml_value(value)
     return record
+
+
+def _permissions_table(permissions: Mapping[str, frozenset[str]]) -> Table:
+    table = tomlkit.table()
+    for path, names in permissions.items():
+        # Written in PERMISSIONS order, so every file lists them alike.
+        table[path] = [name for name in PERMISSIONS if name in names]
+    return table
 
 
 def _toml_value(value: Any) -> Any:
     if isinstance(value, tuple):
         # One item per line keeps later diffs of the file readable.
         array = tomlkit.array().multiline(True)
-        array.extend(value)
+        array.extend(str(item) for item in value)
         return array
     return value
 
