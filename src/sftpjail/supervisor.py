@@ -47,7 +47,7 @@ from sftpjail.config import Config, ListenAddress
 from sftpjail.homes import ensure_home
 from sftpjail.hostkeys import load_host_keys
 from sftpjail.passwords import equalize_timing, verify_password
-from sftpjail.users import User, UsersFile
+from sftpjail.users import User, UsersFile, login_refusal
 
 logger = logging.getLogger("sftpjail.supervisor")
 
@@ -419,9 +419,9 @@ class Supervisor:
             raise ipc.ProtocolError("authentication attempts after the limit")
 
         user = self.users.get(request.user)
-        accepted = self._check_credential(user, request)
+        reason = self._refusal_reason(session, user, request)
 
-        if accepted and user is not None:
+        if reason is None and user is not None:
             home = ensure_home(self.config.data_dir, user.home, self._service_owner)
             session.granted[user.name] = (user, request.method)
             self._reply(session, _grant(home, user))
@@ -436,6 +436,7 @@ class Supervisor:
             method=request.method,
             peer=session.peer_host,
             attempt=session.failures,
+            reason=reason,
         )
         logger.warning(
             "Failed %s login for %s from %s.",
@@ -453,6 +454,23 @@ class Supervisor:
         reply = _refusal(disconnect=exhausted)
         session.pending_reply = True
         self._schedule(delay, lambda: self._reply(session, reply))
+
+    def _refusal_reason(
+        self, session: Session, user: User | None, request: ipc.AuthRequest
+    ) -> str | None:
+        """Why this login fails, for the audit log only; None if it succeeds.
+
+        The credential is judged first, so only someone who holds a good
+        one learns (from nothing but timing) that the account exists; every
+        refusal then gets the same reply as a wrong password.
+        """
+
+        if user is None:
+            self._check_credential(user, request)
+            return "unknown user"
+        if not self._check_credential(user, request):
+            return "wrong password" if request.method == "password" else "unknown key"
+        return login_refusal(user, session.peer_host)
 
     @staticmethod
     def _check_credential(user: User | None, request: ipc.AuthRequest) -> bool:
@@ -566,6 +584,11 @@ def _grant(home: Path, user: User) -> dict[str, object]:
         "ok": True,
         "home": str(home),
         "read_only": user.read_only,
+        "permissions": {
+            directory: sorted(names) for directory, names in user.permissions.items()
+        },
+        "quota_bytes": user.quota_bytes,
+        "quota_files": user.quota_files,
         "disconnect": False,
     }
 
