@@ -34,7 +34,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SRC_DIR = ROOT / "src"
 SECCOMP_PROFILE = ROOT / "deploy" / "seccomp.json"
-NETLAB_SCRIPT = ROOT / "tests" / "netlab.py"
 
 IMAGE = "sftpjail:test"
 SERVICE_UID = 10001
@@ -75,10 +74,47 @@ FIREWALL_MODE = [
 # Candidate /24s for the test bridge; the next /24 up is the uplink.
 SUBNET_CANDIDATES = [f"172.30.{third}.0/24" for third in range(77, 97, 2)]
 
-# Listener ports of `netlab.py serve`, which the internet container runs.
+# The stand-in Internet's listeners: whatever answers is a leak for the probe.
 HTTP_PORT = 80
 ECHO_PORT = 7
 DNS_PORT = 53
+_INTERNET_LISTENERS = f"""
+import asyncio
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def datagram_received(self, data, address):
+        self.transport.sendto(self.reply(data), address)
+    def reply(self, data):
+        return data
+
+class Dns(Echo):
+    def reply(self, data):
+        # The query itself with the "response" bit set: the ID matches.
+        return data[:2] + bytes([data[2] | 0x80]) + data[3:]
+
+async def echo_stream(reader, writer):
+    while data := await reader.read(4096):
+        writer.write(data)
+    writer.close()
+
+async def http(reader, writer):
+    await reader.readuntil(b"\\r\\n\\r\\n")
+    writer.write(b"HTTP/1.0 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n")
+    writer.close()
+
+async def main():
+    loop = asyncio.get_running_loop()
+    await asyncio.start_server(echo_stream, "0.0.0.0", {ECHO_PORT})
+    await asyncio.start_server(http, "0.0.0.0", {HTTP_PORT})
+    await loop.create_datagram_endpoint(Echo, local_addr=("0.0.0.0", {ECHO_PORT}))
+    await loop.create_datagram_endpoint(Dns, local_addr=("0.0.0.0", {DNS_PORT}))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
 
 
 def _docker_unavailable() -> str | None:
@@ -121,11 +157,13 @@ def docker(
     return result
 
 
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    *argv: str, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a host command (ip, nsenter, sftp) and capture its output."""
 
     result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT
+        argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, cwd=cwd
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed: {result.stderr}")
@@ -347,13 +385,11 @@ def internet(image: str, network: Network) -> Iterator[Internet]:
         "none",
         "--user",
         "0:0",
-        "--volume",
-        f"{NETLAB_SCRIPT}:/lab/netlab.py:ro",
         "--entrypoint",
         "python",
         image,
-        "/lab/netlab.py",
-        "serve",
+        "-c",
+        _INTERNET_LISTENERS,
     )
     try:
         pid = inspect(name, "{{.State.Pid}}")
@@ -751,3 +787,118 @@ def test_container_firewall_mode_drops_capabilities_and_egress(
         assert status["Uid"] == " ".join([str(SERVICE_UID)] * 4), status
         assert int(status["CapBnd"], 16) == 0
     assert not any(probed.values()), probed
+
+
+# -- the compose file -----------------------------------------------------
+
+COMPOSE_FILE = ROOT / "deploy" / "docker-compose.yml"
+COMPOSE_SUBNETS = [f"172.30.{third}.0/24" for third in range(101, 121)]
+
+
+def compose_command() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if docker("compose", "version", check=False).returncode == 0:
+        return ["docker", "compose"]
+    return None
+
+
+def local_compose_file(directory: Path, bridge: str, subnet: str) -> Path:
+    """deploy/docker-compose.yml with only what must differ on a test host.
+
+    The published port moves to 127.0.0.1 and a random host port, the
+    bridge name and subnet to ones this test owns, the image to the one
+    built above.  Each replaced line must exist, so the test notices when
+    the file changes shape.
+    """
+
+    text = COMPOSE_FILE.read_text()
+    replacements = {
+        '      - "2222:2222"': '      - "127.0.0.1::2222"',
+        "com.docker.network.bridge.name: sftpjail0": (
+            f"com.docker.network.bridge.name: {bridge}"
+        ),
+        "- subnet: 172.31.250.0/24": f"- subnet: {subnet}",
+        "image: sftpjail:latest": f"image: {IMAGE}",
+        "context: ..": f"context: {ROOT}",
+    }
+    for old, new in replacements.items():
+        assert old in text, f"{COMPOSE_FILE} no longer has {old!r}"
+        text = text.replace(old, new)
+
+    shutil.copy(SECCOMP_PROFILE, directory / "seccomp.json")
+    compose_file = directory / "docker-compose.yml"
+    compose_file.write_text(text)
+    return compose_file
+
+
+def _wait_until_serving(container: str) -> None:
+    deadline = time.monotonic() + HEALTHY_TIMEOUT
+    while time.monotonic() < deadline:
+        if (
+            docker("exec", container, "sftpjail", "healthcheck", check=False).returncode
+            == 0
+        ):
+            return
+        time.sleep(1)
+    logs = docker("logs", "--tail", "40", container, check=False)
+    pytest.fail(f"compose container never became healthy: {logs.stderr}")
+
+
+def test_compose_file_runs_the_hardened_server(
+    image: str, users: UsersDirectory, tmp_path: Path
+) -> None:
+    compose = compose_command()
+    if compose is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
+    subnet = next(
+        (
+            text
+            for text in COMPOSE_SUBNETS
+            if not _routed_here(ipaddress.IPv4Network(text))
+        ),
+        None,
+    )
+    assert subnet is not None, f"every subnet of {COMPOSE_SUBNETS} is in use"
+
+    suffix = secrets.token_hex(3)
+    project, bridge = f"sjc{suffix}", f"sjc{suffix}"
+    directory = tmp_path / "deploy"
+    directory.mkdir()
+    compose_file = local_compose_file(directory, bridge, subnet)
+    shutil.copytree(users.path, directory / "users")
+    for path in (directory / "users", *(directory / "users").iterdir()):
+        os.chown(path, SERVICE_UID, SERVICE_UID)
+    base = [*compose, "--project-name", project, "--file", str(compose_file)]
+
+    # From the file's directory, as its header says: docker-compose reads
+    # seccomp=./seccomp.json relative to where it runs.
+    try:
+        up = run(*base, "up", "--detach", "--no-build", check=False, cwd=directory)
+        assert up.returncode == 0, up.stderr
+        container = run(
+            *base, "ps", "--quiet", "sftpjail", cwd=directory
+        ).stdout.strip()
+        _wait_until_serving(container)
+        published = docker("port", container, "2222/tcp").stdout.splitlines()[0]
+        server = Server(container, int(published.rpartition(":")[2]))
+        sftp_round_trip(server, users, tmp_path)
+        host_config = json.loads(inspect(container, "{{json .HostConfig}}"))
+        (network,) = json.loads(
+            inspect(container, "{{json .NetworkSettings.Networks}}")
+        )
+        bridge_option = '{{index .Options "com.docker.network.bridge.name"}}'
+        attached_bridge = docker(
+            "network", "inspect", "--format", bridge_option, network
+        )
+    finally:
+        run(*base, "down", "--volumes", "--remove-orphans", check=False, cwd=directory)
+
+    assert host_config["ReadonlyRootfs"] is True
+    assert host_config["CapDrop"] == ["ALL"]
+    assert "no-new-privileges:true" in host_config["SecurityOpt"]
+    seccomp = [opt for opt in host_config["SecurityOpt"] if opt.startswith("seccomp=")]
+    assert len(seccomp) == 1
+    profile = json.loads(seccomp[0].removeprefix("seccomp="))
+    assert profile == json.loads(SECCOMP_PROFILE.read_text())
+    assert attached_bridge.stdout.strip() == bridge
