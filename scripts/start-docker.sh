@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure a Docker engine answers: installs docker.io from Debian when
 # the docker command or dockerd is missing, starts dockerd in the background
-# when nothing answers `docker info`, and waits up to 60 s for it.
+# when nothing answers `docker info`, and waits up to 60 s for it.  Also
+# installs docker-compose when no compose is there, so the compose test
+# runs too (best effort: the engine matters, compose is optional).
 # Used by CI before the docker-marked tests; safe to run again.
 set -euo pipefail
 
@@ -17,6 +19,15 @@ if ! command -v docker >/dev/null || ! command -v dockerd >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+fi
+
+if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1
+then
+  log "installing docker-compose"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; } \
+    || log "docker-compose is not available; going on without it"
 fi
 
 if docker info >/dev/null 2>&1; then
