@@ -163,6 +163,23 @@ def scene(lab: ServerLab) -> Scene:
     return placed
 
 
+@dataclass(frozen=True)
+class Local:
+    """The client side: where downloads land and a file to upload."""
+
+    out: Path
+    upload: Path
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Local:
+    out = tmp_path / "out"
+    out.mkdir()
+    upload = tmp_path / "upload.txt"
+    upload.write_bytes(b"planted by alice\n")
+    return Local(out, upload)
+
+
 def with_client(
     scene: Scene, action: Callable[[asyncssh.SFTPClient], Awaitable[T]]
 ) -> T:
@@ -231,12 +248,9 @@ def no_host_path(scene: Scene, text: str, asked: bytes = b"") -> bool:
 
 
 def test_dotdot_slashes_and_absolute_paths_stay_home(
-    scene: Scene, tmp_path: Path
+    scene: Scene, local: Local
 ) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    upload = tmp_path / "upload.txt"
-    upload.write_bytes(b"planted by alice\n")
+    out, upload = local.out, local.upload
     secret_host = scene.secret
     attempts = [
         "../bob/secret.txt",
@@ -344,13 +358,8 @@ def test_raw_paths_the_openssh_client_cannot_send(scene: Scene) -> None:
 # -- symbolic links ------------------------------------------------------------
 
 
-def test_links_alice_makes_resolve_inside_her_home(
-    scene: Scene, tmp_path: Path
-) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    upload = tmp_path / "upload.txt"
-    upload.write_bytes(b"through a link\n")
+def test_links_alice_makes_resolve_inside_her_home(scene: Scene, local: Local) -> None:
+    out, upload = local.out, local.upload
 
     result = scene.sftp(
         "-ln -s /etc/passwd passwd\n"
@@ -454,12 +463,9 @@ MOVED_LINKS = [
 
 @pytest.mark.parametrize("case", MOVED_LINKS)
 def test_link_moved_upward_still_resolves_inside(
-    scene: Scene, tmp_path: Path, case: MovedLink
+    scene: Scene, local: Local, case: MovedLink
 ) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    upload = tmp_path / "upload.txt"
-    upload.write_bytes(b"through a moved link\n")
+    out, upload = local.out, local.upload
     setup = scene.sftp(case.setup)
     assert setup.returncode == 0, setup.stderr
 
@@ -496,17 +502,14 @@ OPERATOR_LINKS = {
 }
 
 
-def test_links_the_operator_placed_resolve_inside(scene: Scene, tmp_path: Path) -> None:
+def test_links_the_operator_placed_resolve_inside(scene: Scene, local: Local) -> None:
     for name, target in OPERATOR_LINKS.items():
         (scene.home / name).symlink_to(
             target.format(
                 bob=scene.bob_home, secret=scene.secret, data=scene.lab.data_dir
             )
         )
-    out = tmp_path / "out"
-    out.mkdir()
-    upload = tmp_path / "upload.txt"
-    upload.write_bytes(b"through the operator's link\n")
+    out, upload = local.out, local.upload
     commands = []
     for name in OPERATOR_LINKS:
         commands += [
@@ -533,9 +536,8 @@ def test_links_the_operator_placed_resolve_inside(scene: Scene, tmp_path: Path) 
     scene.assert_outside_untouched()
 
 
-def test_hard_links_cannot_reach_outside(scene: Scene, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
+def test_hard_links_cannot_reach_outside(scene: Scene, local: Local) -> None:
+    out = local.out
     (scene.home / "op-bob").symlink_to(scene.bob_home)
     outside_inodes = {scene.secret.stat().st_ino, PASSWD.stat().st_ino}
     outside_inodes |= {scene.neighbour.stat().st_ino}
@@ -646,9 +648,7 @@ def test_directory_swapped_for_a_link_while_alice_reads(
 # -- metadata ------------------------------------------------------------------
 
 
-def test_setstat_through_links_never_changes_outside(
-    scene: Scene, tmp_path: Path
-) -> None:
+def test_setstat_through_links_never_changes_outside(scene: Scene) -> None:
     (scene.home / "op-secret").symlink_to(scene.secret)
     (scene.home / "op-bob").symlink_to("../bob")
     (scene.home / "op-neighbour").symlink_to(scene.neighbour)
@@ -701,7 +701,7 @@ def test_setstat_through_links_never_changes_outside(
     scene.assert_outside_untouched()
 
 
-def test_answers_never_name_a_host_path(scene: Scene, tmp_path: Path) -> None:
+def test_answers_never_name_a_host_path(scene: Scene) -> None:
     (scene.home / "op-bob").symlink_to(scene.bob_home)
     (scene.home / "op-home").symlink_to(scene.home)
     (scene.home / "sub").mkdir()
@@ -741,8 +741,8 @@ def test_answers_never_name_a_host_path(scene: Scene, tmp_path: Path) -> None:
             answers.append(await client.readlink(name))
         for directory in (b"/", b"sub", b"to-top"):
             for entry in await client.readdir(directory):
-                answers.append(entry.filename)
-                answers.append(str(entry.longname).encode())
+                answers.append(os.fsencode(entry.filename))
+                answers.append(os.fsencode(entry.longname))
         return answers, [await client.readlink(b"op-bob")]
 
     answers, operator_targets = with_client(scene, ask)
