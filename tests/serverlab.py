@@ -231,6 +231,21 @@ class ServerLab:
         self.process = None
         return code
 
+    def wait_for_worker(self, user: str, timeout: float = 15) -> int:
+        """The pid of the worker serving `user`, once that user has logged in."""
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            logins = self.audit_events("auth.success")
+            if any(event["user"] == user for event in logins):
+                assert self.process is not None
+                workers = descendants(self.process.pid)
+                serving = [pid for pid in workers if uid_of(pid) != 0]
+                if serving:
+                    return serving[-1]
+            time.sleep(0.1)
+        raise AssertionError(f"no worker for {user}")
+
     def audit_events(self, event: str | None = None) -> list[dict[str, object]]:
         assert self.stdout_path is not None
         events = []
@@ -372,6 +387,37 @@ def _askpass(password: str | None) -> Iterator[dict[str, str]]:
         yield environment
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children before grandchildren."""
+
+    children: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid:
+            children.append(int(entry))
+            children.extend(descendants(int(entry)))
+    return sorted(children)
+
+
+def uid_of(pid: int) -> int:
+    """The real uid of a process, or -1 if it is gone."""
+
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return -1
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    return -1
 
 
 def make_lab_root() -> Path:

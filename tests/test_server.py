@@ -482,7 +482,7 @@ def test_worker_crash_leaves_the_server_serving(
     upload.stdin.write(f"put {big} big.bin\n".encode())
     upload.stdin.close()
 
-    worker = _wait_for_worker(lab, "alice")
+    worker = lab.wait_for_worker("alice")
     os.kill(worker, signal.SIGKILL)
     upload.wait(30)
 
@@ -506,7 +506,7 @@ def test_sigterm_waits_for_sessions_then_ends_them(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_for_worker(lab, "alice")
+    lab.wait_for_worker("alice")
 
     started = time.monotonic()
     assert lab.stop(timeout=15) == 0
@@ -584,41 +584,3 @@ def _wait_for_port(port: int, timeout: float = 10) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"nothing listens on {port}")
-
-
-def _wait_for_worker(lab: ServerLab, user: str, timeout: float = 15) -> int:
-    """The pid of the worker serving `user`, once that user has logged in."""
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(event["user"] == user for event in lab.audit_events("auth.success")):
-            assert lab.process is not None
-            workers = _descendants(lab.process.pid)
-            serving = [pid for pid in workers if _uid_of(pid) != 0]
-            if serving:
-                return serving[-1]
-        time.sleep(0.1)
-    raise AssertionError(f"no worker for {user}")
-
-
-def _descendants(pid: int) -> list[int]:
-    children: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == pid:
-            children.append(int(entry))
-            children.extend(_descendants(int(entry)))
-    return sorted(children)
-
-
-def _uid_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    return -1
