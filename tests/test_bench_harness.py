@@ -1,0 +1,162 @@
+"""The benchmark harness still runs: every scenario, tiny sizes, both servers.
+
+No speed is asserted here (speed targets live in docs/benchmarks.md); these
+tests check that each scenario measures something for both servers, that
+the results files are written, and that no server process or directory
+outlives a run, even an interrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+WORKSPACES = Path("/var/lib/sftpjail-bench")
+RUN_TIMEOUT = 240
+TINY = [
+    "--quick",
+    "--runs=1",
+    "--big-mib=2",
+    "--small-files=20",
+    "--list-entries=50",
+    "--logins=2",
+    "--concurrent=2",
+    "--concurrent-mib=1",
+    "--idle=3",
+]
+EXPECTED_METRICS = {
+    "login.p50",
+    "login.p95",
+    "small_files",
+    "listing",
+    "upload.aes128-gcm",
+    "download.aes128-gcm",
+    "upload.chacha20-poly1305",
+    "download.chacha20-poly1305",
+    "cpu.upload.aes128-gcm",
+    "cpu.download.chacha20-poly1305",
+    "concurrent.upload",
+    "concurrent.download",
+    "idle.session_pss",
+    "idle.shared_pss",
+    "idle.connected",
+}
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
+    reason="the benchmark starts sshd and creates users: needs root and sshd",
+)
+
+
+def bench_command(workspace: Path, results: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bench",
+        *TINY,
+        f"--workspace={workspace}",
+        f"--results-dir={results}",
+        *extra,
+    ]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that contain `text`."""
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if text.encode() in command:
+            found.append(command.decode(errors="replace"))
+    return found
+
+
+def test_a_tiny_run_measures_every_scenario_for_both_servers(tmp_path: Path) -> None:
+    workspace = WORKSPACES / f"test-{uuid.uuid4().hex[:8]}"
+
+    completed = subprocess.run(
+        bench_command(workspace, tmp_path),
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    [results] = tmp_path.glob("*.json")
+    document = json.loads(results.read_text())
+    assert document["errors"] == {}
+    metrics = {metric["key"]: metric for metric in document["metrics"]}
+    assert EXPECTED_METRICS <= set(metrics)
+    for key in EXPECTED_METRICS:
+        for server in ("openssh", "sftpjail"):
+            summary = metrics[key]["summary"][server]
+            # CPU is counted in 10 ms ticks: a tiny transfer may take none.
+            smallest = 0 if key.startswith("cpu.") else 1e-9
+            assert summary is not None and summary >= smallest, (key, server)
+    assert metrics["idle.connected"]["summary"] == {"openssh": 3, "sftpjail": 3}
+    assert "| Measure |" in next(tmp_path.glob("*.md")).read_text()
+    assert document["machine"]["openssh"].startswith("OpenSSH")
+
+    assert not workspace.exists()
+    assert processes_mentioning(str(workspace)) == []
+
+
+def test_the_chart_is_drawn_when_matplotlib_is_installed(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    workspace = WORKSPACES / f"test-{uuid.uuid4().hex[:8]}"
+
+    completed = subprocess.run(
+        bench_command(workspace, tmp_path, "--only=logins"),
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    [chart] = tmp_path.glob("*.png")
+    assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_interrupted_run_leaves_no_server_and_no_files(tmp_path: Path) -> None:
+    workspace = WORKSPACES / f"test-{uuid.uuid4().hex[:8]}"
+    process = subprocess.Popen(
+        bench_command(workspace, tmp_path, "--only=idle", "--idle=4"),
+        cwd=REPOSITORY,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+
+    # Interrupt once both servers run and the idle sessions are being opened.
+    deadline = time.monotonic() + RUN_TIMEOUT
+    for line in process.stderr:
+        if "Scenario idle." in line or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    try:
+        status = process.wait(timeout=60)
+    finally:
+        process.kill()
+        process.stderr.close()
+
+    assert status == 130
+    assert not workspace.exists()
+    assert processes_mentioning(str(workspace)) == []
+    assert list(tmp_path.glob("*.json")) == []
