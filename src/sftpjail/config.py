@@ -3,6 +3,8 @@
 The file has sections (`[server]`, `[limits]`); every key name is unique
 across sections, so each setting can also come from an environment variable
 `SFTPJAIL_<KEY>` in upper case (`SFTPJAIL_DATA_DIR`, `SFTPJAIL_MAX_SESSIONS`).
+Keys of the later sections (`[defense]`, `[metrics]`) have short names, so
+their variables carry the section too: `SFTPJAIL_DEFENSE_BAN_TIME`.
 A secret can instead come from a file named by `SFTPJAIL_<KEY>_FILE`, so it
 never has to stand in the environment itself.
 
@@ -55,6 +57,27 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class DefenseSettings:
+    """How the supervisor answers password guessing (`sftpjail.defense`)."""
+
+    enabled: bool = True
+    max_failures: int = 5
+    max_failures_per_user: int = 20
+    window: float = 600.0
+    ban_time: float = 300.0
+    max_ban_time: float = 86400.0
+    max_unauthenticated_per_source: int = 5
+    allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The optional Prometheus endpoint; off unless `listen` is set."""
+
+    listen: ListenAddress | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the server needs to know before it starts."""
 
@@ -66,7 +89,11 @@ class Config:
     require_kernel_jail: bool = True
     audit_log: Path | None = None
     log_level: str = "info"
+    control_socket: Path | None = None
+    watch_users_file: bool = True
     limits: Limits = field(default_factory=Limits)
+    defense: DefenseSettings = field(default_factory=DefenseSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None
 
 
@@ -81,6 +108,8 @@ _SERVER_KEYS: dict[str, type] = {
     "require_kernel_jail": bool,
     "audit_log": Path,
     "log_level": str,
+    "control_socket": Path,
+    "watch_users_file": bool,
 }
 _LIMIT_KEYS: dict[str, type] = {
     "max_sessions": int,
@@ -92,10 +121,25 @@ _LIMIT_KEYS: dict[str, type] = {
     "max_request_size": int,
     "shutdown_grace_time": float,
 }
+_DEFENSE_KEYS: dict[str, type] = {
+    "enabled": bool,
+    "max_failures": int,
+    "max_failures_per_user": int,
+    "window": float,
+    "ban_time": float,
+    "max_ban_time": float,
+    "max_unauthenticated_per_source": int,
+    "allowlist": list,
+}
+_METRICS_KEYS: dict[str, type] = {"listen": str}
 _SECTIONS: dict[str, dict[str, type]] = {
     "server": _SERVER_KEYS,
     "limits": _LIMIT_KEYS,
+    "defense": _DEFENSE_KEYS,
+    "metrics": _METRICS_KEYS,
 }
+# Sections whose keys are known as "<section>_<key>" outside the file.
+_PREFIXED_SECTIONS = ("defense", "metrics")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MIN_REQUEST_SIZE = 32 * 1024
 _MAX_REQUEST_SIZE = 4 * 1024 * 1024
@@ -141,22 +185,27 @@ def _flatten_sections(raw: dict[str, Any]) -> dict[str, Any]:
         for key, value in content.items():
             if key not in _SECTIONS[section]:
                 raise ConfigError(f"unknown key {section}.{key}")
-            values[key] = value
+            values[_flat_key(section, key)] = value
     return values
+
+
+def _flat_key(section: str, key: str) -> str:
+    return f"{section}_{key}" if section in _PREFIXED_SECTIONS else key
 
 
 def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Settings from SFTPJAIL_<KEY> or, for secrets, SFTPJAIL_<KEY>_FILE."""
 
     overrides: dict[str, Any] = {}
-    for keys in _SECTIONS.values():
+    for section, keys in _SECTIONS.items():
         for key, kind in keys.items():
-            name = ENV_PREFIX + key.upper()
+            flat = _flat_key(section, key)
+            name = ENV_PREFIX + flat.upper()
             if name in environ:
-                overrides[key] = _from_environment(key, kind, environ[name])
+                overrides[flat] = _from_environment(flat, kind, environ[name])
             elif name + "_FILE" in environ:
                 text = _read_secret_file(name + "_FILE", environ[name + "_FILE"])
-                overrides[key] = _from_environment(key, kind, text)
+                overrides[flat] = _from_environment(flat, kind, text)
     return overrides
 
 
@@ -189,6 +238,7 @@ def _build(values: dict[str, Any], source: Path | None) -> Config:
 
     base = source.parent if source is not None else Path.cwd()
     audit = values.get("audit_log")
+    control = values.get("control_socket")
     log_level = _string(values.get("log_level", "info"), "log_level").lower()
     if log_level not in _LOG_LEVELS:
         raise ConfigError(f"server.log_level must be one of {', '.join(_LOG_LEVELS)}")
@@ -204,7 +254,13 @@ def _build(values: dict[str, Any], source: Path | None) -> Config:
         ),
         audit_log=_path(audit, "audit_log", base) if audit else None,
         log_level=log_level,
+        control_socket=_path(control, "control_socket", base) if control else None,
+        watch_users_file=_boolean(
+            values.get("watch_users_file", True), "watch_users_file"
+        ),
         limits=_limits(values),
+        defense=_defense(values),
+        metrics=_metrics(values),
         source=source,
     )
 
@@ -216,12 +272,12 @@ def _listen_addresses(value: Any) -> tuple[ListenAddress, ...]:
     return tuple(parse_listen_address(_string(item, "listen")) for item in items)
 
 
-def parse_listen_address(text: str) -> ListenAddress:
+def parse_listen_address(text: str, setting: str = "server.listen") -> ListenAddress:
     """Parse `HOST:PORT`, `[V6HOST]:PORT` or `*:PORT` (all IPv4 addresses)."""
 
     host, separator, port_text = text.rpartition(":")
     if not separator or not host:
-        raise ConfigError(f'server.listen: "{text}" is not HOST:PORT')
+        raise ConfigError(f'{setting}: "{text}" is not HOST:PORT')
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if host == "*":
@@ -231,12 +287,12 @@ def parse_listen_address(text: str) -> ListenAddress:
     except ValueError:
         if host != "localhost":
             raise ConfigError(
-                f'server.listen: "{host}" is not an IP address; use a literal '
+                f'{setting}: "{host}" is not an IP address; use a literal '
                 "IPv4 or [IPv6] address"
             ) from None
         host = "127.0.0.1"
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f'server.listen: port "{port_text}" is not 1-65535')
+        raise ConfigError(f'{setting}: port "{port_text}" is not 1-65535')
     return ListenAddress(host, int(port_text))
 
 
@@ -255,17 +311,61 @@ def _limits(values: dict[str, Any]) -> Limits:
     return limits
 
 
-def _number(value: Any, key: str, kind: type) -> int | float:
+def _defense(values: dict[str, Any]) -> DefenseSettings:
+    converted: dict[str, Any] = {}
+    for key, kind in _DEFENSE_KEYS.items():
+        value = values.get(_flat_key("defense", key))
+        if value is None:
+            continue
+        if kind is bool:
+            converted[key] = _boolean(value, key, "defense")
+        elif kind is list:
+            converted[key] = _networks(value, f"defense.{key}")
+        else:
+            converted[key] = _number(value, key, kind, "defense")
+
+    settings = dataclasses.replace(DefenseSettings(), **converted)
+    if settings.max_ban_time < settings.ban_time:
+        raise ConfigError("defense.max_ban_time must not be shorter than ban_time")
+    return settings
+
+
+def _networks(
+    value: Any, setting: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ConfigError(f'{setting} must be a list of networks like "10.0.0.0/8"')
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(_string(item, setting)))
+        except ValueError as error:
+            raise ConfigError(f"{setting}: {error}") from None
+    return tuple(networks)
+
+
+def _metrics(values: dict[str, Any]) -> MetricsSettings:
+    listen = values.get(_flat_key("metrics", "listen"))
+    if not listen:
+        return MetricsSettings()
+    return MetricsSettings(
+        parse_listen_address(_string(listen, "metrics.listen"), "metrics.listen")
+    )
+
+
+def _number(value: Any, key: str, kind: type, section: str = "limits") -> int | float:
+    name = f"{section}.{key}"
     if isinstance(value, bool):
-        raise ConfigError(f"limits.{key} must be a number, not true/false")
+        raise ConfigError(f"{name} must be a number, not true/false")
     try:
         number = int(value) if kind is int else float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"limits.{key} must be a number, got {value!r}") from None
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
     if kind is int and isinstance(value, float):
-        raise ConfigError(f"limits.{key} must be a whole number")
+        raise ConfigError(f"{name} must be a whole number")
     if number <= 0:
-        raise ConfigError(f"limits.{key} must be greater than zero")
+        raise ConfigError(f"{name} must be greater than zero")
     return number
 
 
@@ -285,7 +385,7 @@ def _string(value: Any, key: str) -> str:
     return value
 
 
-def _boolean(value: Any, key: str) -> bool:
+def _boolean(value: Any, key: str, section: str = "server") -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"server.{key} must be true or false")
+        raise ConfigError(f"{section}.{key} must be true or false")
     return value

@@ -60,3 +60,7 @@ class ProbeTargetError(SftpjailError):
     """A `sftpjail probe` target is not written in one of the known forms."""
 
     exit_code = EXIT_USAGE
+
+
+class ControlSocketError(SftpjailError):
+    """The running server cannot be reached or asked through its control socket."""
