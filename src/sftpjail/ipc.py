@@ -15,7 +15,8 @@ import array
 import json
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -23,6 +24,9 @@ MAX_USER_NAME_BYTES = 64
 MAX_PASSWORD_BYTES = 1024
 MAX_PUBLIC_KEY_BYTES = 8 * 1024
 AUTH_METHODS = ("password", "publickey")
+MAX_OPERATION_KINDS = 64
+MAX_OPERATION_KEY_CHARS = 40
+MAX_SANDBOX_TEXT_BYTES = 512
 
 
 class ProtocolError(Exception):
@@ -47,13 +51,25 @@ class LoginNotice:
 
 @dataclass(frozen=True)
 class TransferNotice:
-    """A worker reports its running byte counters (for status and metrics)."""
+    """A worker reports its running byte counters (for status and metrics).
+
+    Every count is cumulative for the session; `operations` maps
+    "operation:result" (e.g. "open_write:ok") to how many happened.
+    """
 
     bytes_in: int
     bytes_out: int
+    operations: Mapping[str, int] = field(default_factory=dict)
 
 
-WorkerMessage = AuthRequest | LoginNotice | TransferNotice
+@dataclass(frozen=True)
+class SandboxNotice:
+    """A worker reports the sandbox layers it enforced, in words."""
+
+    layers: str
+
+
+WorkerMessage = AuthRequest | LoginNotice | TransferNotice | SandboxNotice
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:
@@ -106,11 +122,16 @@ def parse_worker_message(data: bytes) -> WorkerMessage:
         _expect_keys(message, {"type", "user"})
         return LoginNotice(user=_text(message, "user", MAX_USER_NAME_BYTES))
     if kind == "transfer":
-        _expect_keys(message, {"type", "bytes_in", "bytes_out"})
+        optional = {"operations"} & set(message)
+        _expect_keys(message, {"type", "bytes_in", "bytes_out"} | optional)
         return TransferNotice(
             bytes_in=_count(message, "bytes_in"),
             bytes_out=_count(message, "bytes_out"),
+            operations=_operations(message) if optional else {},
         )
+    if kind == "sandbox":
+        _expect_keys(message, {"type", "layers"})
+        return SandboxNotice(_text(message, "layers", MAX_SANDBOX_TEXT_BYTES))
     raise ProtocolError(f"unknown message type {kind!r}")
 
 
@@ -131,6 +152,18 @@ def _count(message: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ProtocolError(f"field {key} is not a non-negative integer")
     return value
+
+
+def _operations(message: dict[str, Any]) -> dict[str, int]:
+    value = message["operations"]
+    if not isinstance(value, dict) or len(value) > MAX_OPERATION_KINDS:
+        raise ProtocolError(
+            f"field operations is not an object of at most {MAX_OPERATION_KINDS} keys"
+        )
+    for key in value:
+        if len(key) > MAX_OPERATION_KEY_CHARS or not key.isprintable():
+            raise ProtocolError(f"operation name {key[:50]!r} is too long or odd")
+    return {key: _count(value, key) for key in value}
 
 
 def send_with_fds(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:

@@ -24,6 +24,7 @@ import logging
 import os
 import pwd
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,11 @@ def run(
 
     if context.service_owner is not None:
         sandbox.drop_privileges(*context.service_owner)
-    sandbox.enter_worker_sandbox(context.policy)
+    layers = sandbox.enter_worker_sandbox(context.policy)
 
     client = socket.socket(fileno=client_fd)
     link = SupervisorLink(socket.socket(fileno=link_fd))
+    link.notify({"type": "sandbox", "layers": layers.describe()})
     asyncio.run(_serve(context, connection_id, client, link))
     return 0
 
@@ -215,6 +217,8 @@ class SupervisorLink:
         self._reply: asyncio.Future[dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        # Called with the reason when the supervisor ends the session.
+        self.on_end: Callable[[str], None] | None = None
 
     def start(self) -> None:
         """Begin reading the supervisor's messages in the background."""
@@ -249,6 +253,10 @@ class SupervisorLink:
                 self._fail_pending("the supervisor went away")
                 return
             message = ipc.decode(data)
+            if message["type"] == "end":
+                if self.on_end is not None:
+                    self.on_end(str(message.get("reason", "ended by the server")))
+                continue
             if self._reply is not None and not self._reply.done():
                 self._reply.set_result(message)
 
@@ -279,6 +287,16 @@ class SessionServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._connection = conn
+        self.link.on_end = self.end_session
+
+    def end_session(self, reason: str) -> None:
+        """Disconnect the client because the supervisor ended the session."""
+
+        logger.info("Ending connection %d: %s.", self.connection_id, reason)
+        if self._connection is not None:
+            self._connection.disconnect(
+                asyncssh.DISC_BY_APPLICATION, f"Session ended by the server: {reason}"
+            )
 
     def begin_auth(self, username: str) -> bool:
         return True
