@@ -22,6 +22,18 @@ worker's own connection, delays every failure itself, counts attempts
 itself, and ends a worker that breaks the message protocol.  It learns of a
 worker's end when the worker's socket pair closes, and ends workers that
 outlive the login grace time without logging in.
+
+Around that core, all in the same loop:
+
+* **Defence** (`sftpjail.defense`): failed logins are scored per address
+  and per user name; a banned address is closed before the SSH handshake.
+* **Live users** (`sftpjail.reload`): SIGHUP, a control request or an
+  inotify event reloads the users file; sessions of users that were
+  removed, disabled or have expired get an `end` message, then SIGTERM
+  and SIGKILL through their pidfd if they linger.
+* **Local services** (`sftpjail.exchange`): the control socket
+  (`sftpjail.control`, status and reload) and the optional Prometheus
+  endpoint (`sftpjail.metrics`) answer one request per connection.
 """
 
 from __future__ import annotations
@@ -44,9 +56,19 @@ from pathlib import Path
 from sftpjail import ipc
 from sftpjail.audit import audit, audit_descriptors
 from sftpjail.config import Config, ListenAddress
+from sftpjail.control import (
+    ControlResponder,
+    bind_control_socket,
+    control_socket_path,
+    peer_is_trusted,
+)
+from sftpjail.defense import BANNED, Ban, defense_from_settings
+from sftpjail.exchange import ExchangeListener
 from sftpjail.homes import ensure_home
 from sftpjail.hostkeys import load_host_keys
+from sftpjail.metrics import Metrics, MetricsResponder
 from sftpjail.passwords import equalize_timing, verify_password
+from sftpjail.reload import FileSignature, LiveSession, UsersWatch, sessions_to_end
 from sftpjail.users import User, UsersFile, login_refusal
 
 logger = logging.getLogger("sftpjail.supervisor")
@@ -58,6 +80,14 @@ _MAX_FAILURE_DELAY = 8.0
 _LISTEN_BACKLOG = 128
 _KILL_AFTER_TERM = 2.0
 _OVER_LIMIT_LINE = b"sftpjail: too many connections, try again later\r\n"
+# A worker told to end its session gets this long before SIGTERM.
+_END_GRACE = 2.0
+# How often logged-in users are checked against expiry dates.
+_SWEEP_INTERVAL = 5.0
+# A rename comes with several events; read the file once they settle.
+_RELOAD_SETTLE = 0.2
+# Distinct "operation:result" counters one session may report.
+_MAX_OPERATION_KINDS = 128
 
 
 @dataclass
@@ -77,6 +107,13 @@ class Session:
     pending_reply: bool = False
     bytes_in: int = 0
     bytes_out: int = 0
+    operations: dict[str, int] = field(default_factory=dict)
+    connected_at: float = field(default_factory=time.time)
+    logged_in_at: float | None = None
+    sandbox: str | None = None
+    password_failures: int = 0
+    key_failure_user: str | None = None
+    ending: str | None = None
 
 
 class Supervisor:
@@ -97,6 +134,14 @@ class Supervisor:
         self._zygote_link: socket.socket | None = None
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._service_owner: tuple[int, int] | None = None
+        self.started_at = time.time()
+        self.defense = defense_from_settings(config.defense)
+        self.metrics = self._make_metrics()
+        self.sandbox_layers: str | None = None
+        self._local_services: list[ExchangeListener] = []
+        self._users_watch: UsersWatch | None = None
+        self._users_signature: FileSignature | None = None
+        self._reload_pending = False
 
     # -- lifecycle -------------------------------------------------------
 
@@ -108,12 +153,14 @@ class Supervisor:
             logger.info("Host key %s.", host_key.describe())
 
         self._service_owner = _service_owner(self.config)
+        self._users_signature = FileSignature.of(self.config.users_file)
         self.users = UsersFile(self.config.users_file).load()
         logger.info("Loaded %d users from %s.", len(self.users), self.config.users_file)
 
         for address in self.config.listen:
             self.listeners.append(_bind(address))
             logger.info("Listening on %s.", address)
+        self._start_local_services()
 
         self._install_signal_handlers()
         self._start_zygote()
@@ -137,6 +184,7 @@ class Supervisor:
         for session in list(self.sessions.values()):
             self._signal_worker(session, signal.SIGKILL)
             self._forget(session, "server stopped")
+        self._stop_local_services()
         if self._zygote is not None:
             self._zygote.terminate()
             try:
@@ -181,7 +229,7 @@ class Supervisor:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self._begin_shutdown(signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
-                self.reload_users()
+                self.reload_users("SIGHUP")
             elif signum == signal.SIGCHLD:
                 self._reap_zygote()
 
@@ -209,18 +257,208 @@ class Supervisor:
         for session in list(self.sessions.values()):
             self._signal_worker(session, signal.SIGTERM)
 
-    def reload_users(self) -> None:
-        """Read the users file again; keep the old users if it is invalid."""
+    # -- live users --------------------------------------------------------
 
+    def reload_users(self, trigger: str) -> bool:
+        """Read the users file again; keep the old users if it is invalid.
+
+        Sessions of users the new file removes, disables or lets expire
+        are ended.  Returns whether the new file was taken.
+        """
+
+        logger.info("Reading the users file again after %s.", trigger)
+        signature = FileSignature.of(self.config.users_file)
         try:
             users = UsersFile(self.config.users_file).load()
         except Exception as error:
+            # Remembered, so the same broken file is not read on every event.
+            self._users_signature = signature
+            self.metrics.user_reloads.labels("failed").inc()
             logger.error(
                 "Kept the previous users: the users file is invalid: %s", error
             )
-            return
+            return False
         self.users = users
+        self._users_signature = signature
+        self.metrics.user_reloads.labels("ok").inc()
         logger.info("Reloaded %d users from %s.", len(users), self.config.users_file)
+        self._end_refused_sessions()
+        return True
+
+    def _reload_if_changed(self, trigger: str) -> bool:
+        self._reload_pending = False
+        if FileSignature.of(self.config.users_file) == self._users_signature:
+            return False
+        self.reload_users(trigger)
+        return True
+
+    def _on_users_file_event(self) -> None:
+        assert self._users_watch is not None
+        if self._users_watch.changed() and not self._reload_pending:
+            self._reload_pending = True
+            self._schedule(_RELOAD_SETTLE, self._reload_after_file_event)
+
+    def _reload_after_file_event(self) -> None:
+        self._reload_if_changed("a change of the file")
+
+    def _sweep(self) -> None:
+        """End sessions whose user expired meanwhile; then wait again."""
+
+        self._end_refused_sessions()
+        self._schedule(_SWEEP_INTERVAL, self._sweep)
+
+    def _end_refused_sessions(self) -> None:
+        live = [
+            LiveSession(session.connection_id, session.user, session.peer_host)
+            for session in self.sessions.values()
+            if session.user is not None and session.ending is None
+        ]
+        for ending, reason in sessions_to_end(live, self.users):
+            self._end_session(self.sessions[ending.connection_id], reason)
+
+    def _end_session(self, session: Session, reason: str) -> None:
+        """Ask the worker to end its session; stop it by force if it lingers."""
+
+        session.ending = reason
+        audit(
+            "session.ended",
+            connection=session.connection_id,
+            user=session.user,
+            peer=session.peer_host,
+            reason=reason,
+        )
+        logger.info(
+            "Ending the session of %s from %s (connection %d): %s.",
+            session.user,
+            session.peer_host,
+            session.connection_id,
+            reason,
+        )
+        try:
+            session.link.send(ipc.encode({"type": "end", "reason": reason}))
+        except OSError:
+            pass
+        self._schedule(_END_GRACE, lambda: self._stop_worker(session))
+
+    def _stop_worker(self, session: Session) -> None:
+        if session.connection_id not in self.sessions:
+            return
+        self._signal_worker(session, signal.SIGTERM)
+        self._schedule(
+            _KILL_AFTER_TERM, lambda: self._signal_worker(session, signal.SIGKILL)
+        )
+
+    # -- local services ----------------------------------------------------
+
+    def _start_local_services(self) -> None:
+        """The control socket, the metrics endpoint and the users watch."""
+
+        path = control_socket_path(self.config)
+        control = ControlResponder(
+            {"status": self.status, "reload": self._reload_on_request}
+        )
+        self._local_services.append(
+            ExchangeListener(
+                bind_control_socket(path),
+                self.selector,
+                self._schedule,
+                control,
+                admit=peer_is_trusted,
+            )
+        )
+        logger.info("Control socket at %s.", path)
+
+        address = self.config.metrics.listen
+        if address is not None:
+            endpoint = MetricsResponder(self.metrics)
+            self._local_services.append(
+                ExchangeListener(
+                    _bind(address), self.selector, self._schedule, endpoint
+                )
+            )
+            logger.info("Serving metrics on http://%s/metrics.", address)
+
+        if self.config.watch_users_file:
+            self._watch_users_file()
+        self._schedule(_SWEEP_INTERVAL, self._sweep)
+
+    def _watch_users_file(self) -> None:
+        directory = self.config.users_file.parent
+        try:
+            self._users_watch = UsersWatch(self.config.users_file)
+        except OSError as error:
+            logger.warning(
+                "Cannot watch %s for changes (%s); send SIGHUP after editing users.",
+                directory,
+                error.strerror,
+            )
+            return
+        self.selector.register(
+            self._users_watch.fileno(), selectors.EVENT_READ, self._on_users_file_event
+        )
+        logger.info("Watching %s for changes of the users file.", directory)
+
+    def _stop_local_services(self) -> None:
+        for service in self._local_services:
+            service.close()
+        self._local_services.clear()
+        path = control_socket_path(self.config)
+        if path.is_socket():
+            path.unlink()
+        if self._users_watch is not None:
+            self.selector.unregister(self._users_watch.fileno())
+            self._users_watch.close()
+            self._users_watch = None
+
+    def _reload_on_request(self) -> dict[str, object]:
+        changed = self._reload_if_changed("a control request")
+        return {"changed": changed, "users": len(self.users)}
+
+    def status(self) -> dict[str, object]:
+        """What `sftpjail status` shows: server, sessions and bans."""
+
+        server = {
+            "pid": os.getpid(),
+            "since": _timestamp(self.started_at),
+            "listen": [str(address) for address in self.config.listen],
+            "users": len(self.users),
+            "sandbox": self.sandbox_layers,
+            "require_kernel_jail": self.config.require_kernel_jail,
+            "defense": self.config.defense.enabled,
+        }
+        bans = [
+            {
+                "peer": ban.source,
+                "until": _timestamp(ban.until),
+                "seconds": ban.seconds,
+                "failures": ban.failures,
+            }
+            for ban in self.defense.bans()
+        ]
+        sessions = [_session_status(session) for session in self.sessions.values()]
+        return {"server": server, "sessions": sessions, "bans": bans}
+
+    def _make_metrics(self) -> Metrics:
+        metrics = Metrics()
+        metrics.watch(
+            "sftpjail_sessions_active",
+            "Logged-in sessions.",
+            lambda: sum(1 for s in self.sessions.values() if s.user is not None),
+        )
+        metrics.watch(
+            "sftpjail_connections_open",
+            "Open connections, logged in or not.",
+            lambda: len(self.sessions),
+        )
+        metrics.watch(
+            "sftpjail_banned_sources",
+            "Addresses banned right now.",
+            lambda: len(self.defense.bans()),
+        )
+        metrics.watch(
+            "sftpjail_users", "Users in the users file.", lambda: len(self.users)
+        )
+        return metrics
 
     # -- zygote ----------------------------------------------------------
 
@@ -292,6 +530,7 @@ class Supervisor:
     def _on_worker_exited(self, message: dict[str, object]) -> None:
         status = message.get("status")
         if status not in (0, None):
+            self.metrics.worker_crashes.inc()
             audit("worker.crashed", pid=message.get("pid"), status=status)
             logger.warning(
                 "Worker %s exited with status %s.", message.get("pid"), status
@@ -312,19 +551,16 @@ class Supervisor:
 
     def _admit(self, connection: socket.socket, host: str, port: int) -> None:
         limits = self.config.limits
-        from_source = sum(1 for s in self.sessions.values() if s.peer_host == host)
-        if (
+        from_source = [s for s in self.sessions.values() if s.peer_host == host]
+        unauthenticated = sum(1 for s in from_source if s.user is None)
+        reason = self.defense.refusal(host, unauthenticated)
+        if reason is None and (
             len(self.sessions) >= limits.max_sessions
-            or from_source >= limits.max_sessions_per_source
+            or len(from_source) >= limits.max_sessions_per_source
         ):
-            audit(
-                "connection.refused",
-                peer=host,
-                port=port,
-                reason="too many connections",
-            )
-            logger.warning("Refused a connection from %s: too many connections.", host)
-            _refuse(connection)
+            reason = "too many connections"
+        if reason is not None:
+            self._refuse_connection(connection, host, port, reason)
             return
 
         connection_id = next(self._connection_ids)
@@ -335,6 +571,7 @@ class Supervisor:
             ours, selectors.EVENT_READ, lambda: self._on_worker_message(session)
         )
         audit("connection.accepted", connection=connection_id, peer=host, port=port)
+        self.metrics.connection_accepted()
 
         try:
             self._hand_to_zygote(session, connection, theirs)
@@ -345,6 +582,19 @@ class Supervisor:
             limits.login_grace_time + _GRACE_MARGIN,
             lambda: self._enforce_grace(session),
         )
+
+    def _refuse_connection(
+        self, connection: socket.socket, host: str, port: int, reason: str
+    ) -> None:
+        audit("connection.refused", peer=host, port=port, reason=reason)
+        self.metrics.connection_refused(reason)
+        if reason == BANNED:
+            # Not a word before the handshake: a banned client learns nothing.
+            logger.debug("Refused a connection from %s: %s.", host, reason)
+            connection.close()
+            return
+        logger.warning("Refused a connection from %s: %s.", host, reason)
+        _refuse(connection)
 
     def _hand_to_zygote(
         self, session: Session, connection: socket.socket, link: socket.socket
@@ -407,9 +657,30 @@ class Supervisor:
             self._authenticate(session, message)
         elif isinstance(message, ipc.LoginNotice):
             self._confirm_login(session, message.user)
-        else:
-            session.bytes_in = message.bytes_in
-            session.bytes_out = message.bytes_out
+        elif isinstance(message, ipc.TransferNotice):
+            self._count_transfer(session, message)
+        elif isinstance(message, ipc.SandboxNotice):
+            session.sandbox = message.layers
+            self.sandbox_layers = message.layers
+
+    def _count_transfer(self, session: Session, notice: ipc.TransferNotice) -> None:
+        """Take a worker's cumulative counters; only their growth is counted."""
+
+        grown = {
+            key: count - session.operations.get(key, 0)
+            for key, count in notice.operations.items()
+            if count > session.operations.get(key, 0)
+        }
+        if len(session.operations.keys() | grown.keys()) > _MAX_OPERATION_KINDS:
+            raise ipc.ProtocolError("too many kinds of operations")
+        grown_in = max(0, notice.bytes_in - session.bytes_in)
+        grown_out = max(0, notice.bytes_out - session.bytes_out)
+
+        session.bytes_in += grown_in
+        session.bytes_out += grown_out
+        for key, count in grown.items():
+            session.operations[key] = session.operations.get(key, 0) + count
+        self.metrics.transfer(grown_in, grown_out, grown)
 
     def _authenticate(self, session: Session, request: ipc.AuthRequest) -> None:
         limits = self.config.limits
@@ -420,6 +691,7 @@ class Supervisor:
 
         user = self.users.get(request.user)
         reason = self._refusal_reason(session, user, request)
+        self.metrics.authentication(request.method, reason is None)
 
         if reason is None and user is not None:
             home = ensure_home(self.config.data_dir, user.home, self._service_owner)
@@ -428,7 +700,24 @@ class Supervisor:
             return
 
         session.failures += 1
-        exhausted = session.failures >= limits.max_auth_attempts
+        self._log_failure(session, request, reason)
+        ban = self._score_failure(session, request)
+        exhausted = session.failures >= limits.max_auth_attempts or ban is not None
+
+        # Only password guesses are slowed down: a client offering several
+        # keys in turn is normal, and a key cannot be guessed.
+        delay = 0.0
+        if request.method == "password":
+            growth = 2 ** (session.failures - 1)
+            delay = min(limits.auth_failure_delay * growth, _MAX_FAILURE_DELAY)
+        reply = _refusal(disconnect=exhausted)
+        session.pending_reply = True
+        self._schedule(delay, lambda: self._reply(session, reply))
+
+    @staticmethod
+    def _log_failure(
+        session: Session, request: ipc.AuthRequest, reason: str | None
+    ) -> None:
         audit(
             "auth.failure",
             connection=session.connection_id,
@@ -445,15 +734,29 @@ class Supervisor:
             session.peer_host,
         )
 
-        # Only password guesses are slowed down: a client offering several
-        # keys in turn is normal, and a key cannot be guessed.
-        delay = 0.0
-        if request.method == "password":
-            growth = 2 ** (session.failures - 1)
-            delay = min(limits.auth_failure_delay * growth, _MAX_FAILURE_DELAY)
-        reply = _refusal(disconnect=exhausted)
-        session.pending_reply = True
-        self._schedule(delay, lambda: self._reply(session, reply))
+    def _score_failure(self, session: Session, request: ipc.AuthRequest) -> Ban | None:
+        """Tell the defence about a failure; a client offering several keys
+        in turn is normal, so keys count once, when the connection ends."""
+
+        if request.method != "password":
+            session.key_failure_user = request.user
+            return None
+        session.password_failures += 1
+        ban = self.defense.record_failure(session.peer_host, request.user)
+        if ban is not None:
+            self._on_ban(ban, session)
+        return ban
+
+    def _on_ban(self, ban: Ban, current: Session | None) -> None:
+        """Count the ban and drop the address's other unauthenticated tries."""
+
+        self.metrics.bans.inc()
+        for other in list(self.sessions.values()):
+            if other is current or other.peer_host != ban.source:
+                continue
+            if other.user is None:
+                self._signal_worker(other, signal.SIGKILL)
+                self._forget(other, "banned")
 
     def _refusal_reason(
         self, session: Session, user: User | None, request: ipc.AuthRequest
@@ -498,6 +801,7 @@ class Supervisor:
         if grant is None or session.user is not None:
             raise ipc.ProtocolError(f"login as {user_name!r} was never granted")
         session.user = user_name
+        session.logged_in_at = time.time()
         audit(
             "auth.success",
             connection=session.connection_id,
@@ -511,9 +815,14 @@ class Supervisor:
             session.peer_host,
             session.connection_id,
         )
+        # The users file may have changed between the grant and now.
+        live = LiveSession(session.connection_id, user_name, session.peer_host)
+        for _ending, reason in sessions_to_end([live], self.users):
+            self._end_session(session, reason)
 
     def _signal_worker(self, session: Session, signum: signal.Signals) -> None:
-        if session.pidfd is None:
+        # A forgotten session's pidfd is closed and its number may be reused.
+        if session.pidfd is None or session.connection_id not in self.sessions:
             return
         try:
             signal.pidfd_send_signal(session.pidfd, signum)
@@ -523,6 +832,17 @@ class Supervisor:
     def _forget(self, session: Session, reason: str) -> None:
         if self.sessions.pop(session.connection_id, None) is None:
             return
+        if (
+            reason == "closed"
+            and session.user is None
+            and session.key_failure_user is not None
+            and not session.password_failures
+        ):
+            ban = self.defense.record_failure(
+                session.peer_host, session.key_failure_user
+            )
+            if ban is not None:
+                self._on_ban(ban, None)
         self.selector.unregister(session.link)
         session.link.close()
         if session.pidfd is not None:
@@ -601,6 +921,30 @@ def _refusal(*, disconnect: bool) -> dict[str, object]:
         "read_only": False,
         "disconnect": disconnect,
     }
+
+
+def _session_status(session: Session) -> dict[str, object]:
+    if session.ending is not None:
+        state = "ending"
+    else:
+        state = "active" if session.user is not None else "authenticating"
+    return {
+        "connection": session.connection_id,
+        "user": session.user,
+        "peer": session.peer_host,
+        "port": session.peer_port,
+        "state": state,
+        "since": _timestamp(session.logged_in_at or session.connected_at),
+        "bytes_in": session.bytes_in,
+        "bytes_out": session.bytes_out,
+        "sandbox": session.sandbox,
+    }
+
+
+def _timestamp(seconds: float) -> str:
+    """Wall-clock seconds as ISO 8601 in UTC, like the audit log's times."""
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _refuse(connection: socket.socket) -> None:

@@ -24,7 +24,8 @@ from typing import IO, Any, TypeVar
 import click
 
 from sftpjail.config import Config, load_config
-from sftpjail.errors import HomeError, UsersFileError
+from sftpjail.control import ask, control_socket_path
+from sftpjail.errors import ControlSocketError, HomeError, UsersFileError
 from sftpjail.homes import ensure_home
 from sftpjail.passwords import hash_password
 from sftpjail.public_keys import key_fingerprint, normalize_public_key
@@ -46,8 +47,22 @@ class _Target:
 def notify_running_server(config: Config) -> None:
     """Tell a running server that the users file changed.
 
-    Does nothing yet: a later change makes the server reload the file here.
+    Asks for a reload through the control socket.  No server running is
+    not an error; a server that cannot be asked still notices the new file
+    by itself (its inotify watch) or on SIGHUP, which the note says.
     """
+
+    path = control_socket_path(config)
+    if not path.exists():
+        return
+    try:
+        ask(path, "reload")
+    except ControlSocketError as error:
+        click.echo(
+            f"sftpjail: note: {error}; the server reloads on its own when it "
+            "watches the file, or send it SIGHUP",
+            err=True,
+        )
 
 
 def _location_options(command: _Command) -> _Command:
