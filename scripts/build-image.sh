@@ -32,8 +32,17 @@ log() {
   echo "build-image: $*" >&2
 }
 
+# The debootstrap directory, removed however the script ends.
+root=""
+trap '[ -z "$root" ] || rm -rf "$root"' EXIT
+
 build_base_image() {
-  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  # The package list is stored as a label, so changing it rebuilds the base.
+  local built_with
+  built_with=$(docker image inspect --format \
+    '{{index .Config.Labels "org.sftpjail.base-packages"}}' "$BASE_IMAGE" 2>/dev/null) \
+    || built_with=""
+  if [ "$built_with" = "$BASE_PACKAGES" ]; then
     log "base image $BASE_IMAGE exists; reusing it"
     return
   fi
@@ -42,10 +51,8 @@ build_base_image() {
     exit 1
   }
 
-  local root
   root=$(mktemp -d /var/tmp/sftpjail-base.XXXXXX)
-  trap 'rm -rf "$root"' RETURN
-  log "debootstrap bookworm into $root (a few minutes)"
+  log "debootstrap bookworm into $root (a minute or two)"
   debootstrap --variant=minbase --include="$BASE_PACKAGES" \
     bookworm "$root" "$DEBIAN_MIRROR" >&2
 
@@ -58,7 +65,10 @@ build_base_image() {
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["/bin/sh"]' \
+    --change "LABEL org.sftpjail.base-packages=$BASE_PACKAGES" \
     - "$BASE_IMAGE" >&2
+  rm -rf "$root"
+  root=""
 }
 
 download_wheels() {
