@@ -92,9 +92,13 @@ def decode(data: bytes) -> dict[str, Any]:
 
     if not data:
         raise ProtocolError("empty message")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message is larger than {MAX_MESSAGE_BYTES} bytes")
     try:
         message = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:
+        # ValueError: bad UTF-8, bad JSON, or a number too long to convert;
+        # RecursionError: arrays or objects nested too deep.
         raise ProtocolError(f"message is not JSON: {error}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("message is not an object with a type")
@@ -142,9 +146,18 @@ def _expect_keys(message: dict[str, Any], keys: set[str]) -> None:
 
 def _text(message: dict[str, Any], key: str, limit: int) -> str:
     value = message[key]
-    if not isinstance(value, str) or len(value.encode()) > limit or "\0" in value:
+    if not isinstance(value, str) or _utf8_size(value) > limit or "\0" in value:
         raise ProtocolError(f"field {key} is not a string of at most {limit} bytes")
     return value
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes of `text` in UTF-8; JSON can carry lone surrogates, UTF-8 cannot."""
+
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        raise ProtocolError("text holds a lone surrogate") from None
 
 
 def _count(message: dict[str, Any], key: str) -> int:
