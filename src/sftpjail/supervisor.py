@@ -930,6 +930,7 @@ def _session_status(session: Session) -> dict[str, object]:
         state = "active" if session.user is not None else "authenticating"
     return {
         "connection": session.connection_id,
+        "pid": session.pid,
         "user": session.user,
         "peer": session.peer_host,
         "port": session.peer_port,
