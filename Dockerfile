@@ -15,9 +15,9 @@ COPY deploy/container/wheels/ /wheels/
 COPY pyproject.toml README.md /src/
 COPY src/ /src/src/
 
-# pip and setuptools are dropped from the venv once they have done their
-# job: the final image cannot install anything.
-# hadolint ignore=SC2086
+# PIP_OPTIONS stays unquoted: it holds several options, or none.  pip and
+# setuptools leave the venv once they have done their job: the final image
+# cannot install anything.
 RUN python3 -m venv /opt/sftpjail \
     && /opt/sftpjail/bin/pip install --no-cache-dir --disable-pip-version-check \
         ${PIP_OPTIONS} /src \
@@ -25,7 +25,6 @@ RUN python3 -m venv /opt/sftpjail \
 
 # --- runtime: the final file system, assembled here and flattened below.
 FROM ${BASE_IMAGE} AS runtime
-ARG SFTPJAIL_UID=10001
 
 # libseccomp2 is loaded through ctypes by the seccomp layer; nftables serves
 # the optional in-container firewall.  The offline base already has both,
@@ -41,8 +40,9 @@ RUN missing=""; \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 
-RUN groupadd --gid "${SFTPJAIL_UID}" sftpjail \
-    && useradd --uid "${SFTPJAIL_UID}" --gid "${SFTPJAIL_UID}" \
+# A fixed uid and gid: volumes, the users file and the entry point rely on it.
+RUN groupadd --gid 10001 sftpjail \
+    && useradd --uid 10001 --gid 10001 \
         --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin sftpjail \
     && install -d -o sftpjail -g sftpjail -m 0750 /data /state \
     && install -d -m 0755 /etc/sftpjail /etc/sftpjail/users
