@@ -41,20 +41,27 @@ BUILD_TIMEOUT = 1800.0
 COMMAND_TIMEOUT = 120.0
 HEALTHY_TIMEOUT = 90.0
 
-# The security settings of deploy/docker-compose.yml, as `docker run` flags.
-HARDENING = [
-    "--read-only",
-    "--cap-drop",
-    "ALL",
-    "--security-opt",
-    "no-new-privileges:true",
-    "--security-opt",
-    f"seccomp={SECCOMP_PROFILE}",
-    "--tmpfs",
-    "/tmp:size=16m,mode=1777,noexec,nosuid,nodev",
-    "--pids-limit",
-    "512",
-]
+
+def hardening(seccomp: str) -> list[str]:
+    """The security settings of deploy/docker-compose.yml, as `docker run` flags."""
+
+    return [
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges:true",
+        "--security-opt",
+        f"seccomp={seccomp}",
+        "--tmpfs",
+        "/tmp:size=16m,mode=1777,noexec,nosuid,nodev",
+        "--pids-limit",
+        "512",
+    ]
+
+
+HARDENING = hardening(str(SECCOMP_PROFILE))
+
 # What firewall mode adds (docs/docker.md, "In-container firewall").
 FIREWALL_MODE = [
     "--user",
@@ -527,13 +534,7 @@ def syscall_probe(image: str, seccomp: str) -> dict[str, str]:
     result = docker(
         "run",
         "--rm",
-        "--read-only",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges:true",
-        "--security-opt",
-        f"seccomp={seccomp}",
+        *hardening(seccomp),
         "--entrypoint",
         "python",
         image,
