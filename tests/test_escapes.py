@@ -181,7 +181,9 @@ def local(tmp_path: Path) -> Local:
 
 
 def with_client(
-    scene: Scene, action: Callable[[asyncssh.SFTPClient], Awaitable[T]]
+    scene: Scene,
+    action: Callable[[asyncssh.SFTPClient], Awaitable[T]],
+    sftp_version: int = 3,
 ) -> T:
     """Log in as alice with asyncssh and run `action` with its SFTP client."""
 
@@ -195,7 +197,9 @@ def with_client(
             agent_path=None,
             preferred_auth="publickey",
         ) as connection:
-            async with connection.start_sftp_client() as client:
+            async with connection.start_sftp_client(
+                sftp_version=sftp_version
+            ) as client:
                 return await action(client)
 
     return asyncio.run(run())
@@ -353,6 +357,21 @@ def test_raw_paths_the_openssh_client_cannot_send(scene: Scene) -> None:
     reads = dict(outcomes[0::3])
     assert all(isinstance(reads[path], str) for path in raw_paths)
     scene.assert_outside_untouched()
+
+
+def test_only_sftp_version_3_is_spoken(scene: Scene) -> None:
+    """asyncssh serves version 5 and 6 opens with a plain open() of the path
+    (`SFTPServer.open56`), outside the jail; only version 3 may be agreed."""
+
+    own = os.fsencode(scene.home / "own.txt")
+
+    async def attempt(client: asyncssh.SFTPClient) -> tuple[int, bytes | str]:
+        return client.version, await read_or_error(client, own)
+
+    version, outcome = with_client(scene, attempt, sftp_version=6)
+
+    assert version == 3
+    assert isinstance(outcome, str)
 
 
 # -- symbolic links ------------------------------------------------------------
