@@ -44,7 +44,7 @@ class Metrics:
         )
         self.authentications = Counter(
             "sftpjail_authentications",
-            "Authentication attempts, by method and result.",
+            "Logins and refused credentials, by method and result.",
             ["method", "result"],
             registry=registry,
         )
@@ -96,8 +96,8 @@ class Metrics:
 
         self.connections.labels("refused", reason).inc()
 
-    def authentication(self, method: str, accepted: bool) -> None:
-        """Count one authentication decision."""
+    def authentication(self, method: str, *, accepted: bool) -> None:
+        """Count a login, or a refused credential."""
 
         self.authentications.labels(method, "ok" if accepted else "failed").inc()
 

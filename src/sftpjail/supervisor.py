@@ -691,7 +691,6 @@ class Supervisor:
 
         user = self.users.get(request.user)
         reason = self._refusal_reason(session, user, request)
-        self.metrics.authentication(request.method, reason is None)
 
         if reason is None and user is not None:
             home = ensure_home(self.config.data_dir, user.home, self._service_owner)
@@ -700,6 +699,7 @@ class Supervisor:
             return
 
         session.failures += 1
+        self.metrics.authentication(request.method, accepted=False)
         self._log_failure(session, request, reason)
         ban = self._score_failure(session, request)
         exhausted = session.failures >= limits.max_auth_attempts or ban is not None
@@ -802,6 +802,9 @@ class Supervisor:
             raise ipc.ProtocolError(f"login as {user_name!r} was never granted")
         session.user = user_name
         session.logged_in_at = time.time()
+        # Counted here, not per grant: a key is granted twice per login
+        # (once when offered, once when signed).
+        self.metrics.authentication(grant[1], accepted=True)
         audit(
             "auth.success",
             connection=session.connection_id,
