@@ -35,6 +35,7 @@ from serverlab import ClientKey, ServerLab, ensure_service_user, make_lab_root
 from sftpjail import ipc
 from sftpjail.audit import configure_audit
 from sftpjail.config import load_config
+from sftpjail.errors import HomeError
 from sftpjail.supervisor import Session, Supervisor
 
 MAX_AUTH_ATTEMPTS = 3
@@ -179,11 +180,12 @@ class Rig:
 class Scene:
     rig: Rig
     alice: ClientKey
+    bob: ClientKey
     bystander: Impostor
 
 
 @pytest.fixture(scope="module")
-def rig() -> Iterator[tuple[Rig, ClientKey]]:
+def rig() -> Iterator[tuple[Rig, ClientKey, ClientKey]]:
     ensure_service_user()
     root = make_lab_root()
     # The impostors fail logins from 127.0.0.1 on purpose; the defence that
@@ -194,13 +196,13 @@ def rig() -> Iterator[tuple[Rig, ClientKey]]:
         f"auth_failure_delay = {FAILURE_DELAY}\n"
     )
     alice = lab.add_user("alice", password="alice's real passphrase")
-    lab.add_user("bob")
+    bob = lab.add_user("bob")
     saved_handlers = {signum: signal.getsignal(signum) for signum in _HANDLED_SIGNALS}
     saved_wakeup = signal.set_wakeup_fd(-1)
     running = Rig(lab)
     try:
         running.supervisor.startup()
-        yield running, alice
+        yield running, alice, bob
     finally:
         running.supervisor.shutdown()
         for listener in running.supervisor.listeners:
@@ -214,11 +216,11 @@ def rig() -> Iterator[tuple[Rig, ClientKey]]:
 
 
 @pytest.fixture
-def scene(rig: tuple[Rig, ClientKey]) -> Iterator[Scene]:
-    running, alice = rig
+def scene(rig: tuple[Rig, ClientKey, ClientKey]) -> Iterator[Scene]:
+    running, alice, bob = rig
     bystander = running.impostor()
     try:
-        yield Scene(running, alice, bystander)
+        yield Scene(running, alice, bob, bystander)
     finally:
         bystander.close()
         # Every session of this test ends before the next test begins, so
@@ -385,3 +387,29 @@ def test_a_closed_link_ends_the_session_quietly(scene: Scene) -> None:
         assert scene.rig.is_open(scene.bystander)
     finally:
         impostor.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=HomeError,
+    reason="supervisor.py lets HomeError from ensure_home end its loop",
+)
+def test_a_home_that_cannot_be_made_refuses_that_login_only(scene: Scene) -> None:
+    # A user whose home holds bob's (homes may nest) can do this to it; so
+    # can an operator's mistake.
+    home = scene.rig.lab.data_dir / "bob"
+    moved = home.with_name("bob.moved")
+    home.rename(moved)
+    home.symlink_to("/etc")
+    impostor = scene.rig.impostor()
+    try:
+        impostor.send(_auth("bob", "publickey", scene.bob.public_line))
+        reply = scene.rig.reply(impostor)
+
+        assert reply["ok"] is False
+        login = scene.rig.real_login("alice", scene.alice)
+        assert login.returncode == 0, login.stderr
+    finally:
+        impostor.close()
+        home.unlink()
+        moved.rename(home)
