@@ -27,6 +27,7 @@ AUTH_METHODS = ("password", "publickey")
 MAX_OPERATION_KINDS = 64
 MAX_OPERATION_KEY_CHARS = 40
 MAX_SANDBOX_TEXT_BYTES = 512
+MAX_QUOTA_DELTA = 2**62
 
 
 class ProtocolError(Exception):
@@ -69,7 +70,24 @@ class SandboxNotice:
     layers: str
 
 
-WorkerMessage = AuthRequest | LoginNotice | TransferNotice | SandboxNotice
+@dataclass(frozen=True)
+class QuotaRequest:
+    """A worker reserves (both >= 0) or releases (both <= 0) quota.
+
+    A reservation is answered with a `quota_reply`; a release is not.
+    """
+
+    bytes: int
+    files: int
+
+    @property
+    def is_release(self) -> bool:
+        return self.bytes <= 0 and self.files <= 0 and (self.bytes or self.files) != 0
+
+
+WorkerMessage = (
+    AuthRequest | LoginNotice | TransferNotice | QuotaRequest | SandboxNotice
+)
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:
@@ -136,6 +154,14 @@ def parse_worker_message(data: bytes) -> WorkerMessage:
     if kind == "sandbox":
         _expect_keys(message, {"type", "layers"})
         return SandboxNotice(_text(message, "layers", MAX_SANDBOX_TEXT_BYTES))
+    if kind == "quota":
+        _expect_keys(message, {"type", "bytes", "files"})
+        request = QuotaRequest(
+            bytes=_delta(message, "bytes"), files=_delta(message, "files")
+        )
+        if min(request.bytes, request.files) < 0 < max(request.bytes, request.files):
+            raise ProtocolError("quota message both reserves and releases")
+        return request
     raise ProtocolError(f"unknown message type {kind!r}")
 
 
@@ -164,6 +190,17 @@ def _count(message: dict[str, Any], key: str) -> int:
     value = message[key]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ProtocolError(f"field {key} is not a non-negative integer")
+    return value
+
+
+def _delta(message: dict[str, Any], key: str) -> int:
+    value = message[key]
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or abs(value) > MAX_QUOTA_DELTA
+    ):
+        raise ProtocolError(f"field {key} is not an integer of at most 2**62")
     return value
 
 
