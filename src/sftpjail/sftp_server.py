@@ -2,24 +2,34 @@
 
 asyncssh parses the protocol and calls one method here per request.  Each
 method reads as the same steps: resolve the path inside the jail, pass the
-one permission check (`_require`), act with a descriptor-relative system
-call, audit the outcome if the request changes anything.  OS errors travel
-up to asyncssh, which maps errno values onto SFTP status codes; their text
-never contains a host path because no host path is ever built.
+one permission check (`_require`) at the place the object really is, act
+with a descriptor-relative system call on what was resolved, audit the
+outcome if the request changes anything.  OS errors travel up to asyncssh,
+which maps errno values onto SFTP status codes; their text never contains
+a host path because no host path is ever built.
 
-Which permission each operation needs is a table (`OPERATIONS`), so a
-reviewer can see the whole policy in one place.
+Which permission each operation needs, and in which directory, is a table
+(`OPERATIONS`), so a reviewer can see the whole policy in one place; the
+permissions themselves live per directory (`sftpjail.permissions`).
+Resolving first and checking the resolved place means a symbolic link can
+never carry one directory's permissions into another, and acting on the
+descriptor that was checked means a link swapped in meanwhile cannot
+either.
+
+Quotas (`sftpjail.quota`): every request that grows a file reserves the
+growth first, everything that shrinks or removes a file gives it back.
 """
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncssh
@@ -28,46 +38,51 @@ import asyncssh.sftp
 from sftpjail.audit import audit
 from sftpjail.config import Limits
 from sftpjail.jailpath import Jail, client_form, normalize
+from sftpjail.permissions import (
+    ALL_PERMISSIONS,
+    NO_PERMISSION,
+    Permission,
+    PermissionMap,
+    Rule,
+    Scope,
+    parent_of,
+)
+from sftpjail.quota import QuotaAccount, QuotaExceededError
 
 logger = logging.getLogger("sftpjail.sftp")
 
 T = TypeVar("T")
 
+_PARENT = Scope.PARENT
+_PATH = Scope.PATH
 
-class Permission(enum.Flag):
-    """What a user may do; read-only users hold LIST and DOWNLOAD only."""
-
-    LIST = enum.auto()
-    DOWNLOAD = enum.auto()
-    UPLOAD = enum.auto()
-    OVERWRITE = enum.auto()
-    DELETE = enum.auto()
-    RENAME = enum.auto()
-    MKDIR = enum.auto()
-    SYMLINK = enum.auto()
-    CHMOD = enum.auto()
-
-
-NO_PERMISSION = Permission(0)
-ALL_PERMISSIONS = Permission(sum(member.value for member in Permission))
-READ_ONLY_PERMISSIONS = Permission.LIST | Permission.DOWNLOAD
-
-# The permission each request needs.  Metadata lookups (stat, realpath,
-# readlink, statvfs) need none: clients cannot work without them and they
-# reveal nothing outside the home.
-OPERATIONS: dict[str, Permission] = {
-    "open_read": Permission.DOWNLOAD,
-    "open_write": Permission.UPLOAD,
-    "opendir": Permission.LIST,
-    "setstat": Permission.CHMOD,
-    "truncate": Permission.OVERWRITE,
-    "remove": Permission.DELETE,
-    "rmdir": Permission.DELETE,
-    "mkdir": Permission.MKDIR,
-    "rename": Permission.RENAME,
-    "symlink": Permission.SYMLINK,
-    "link": Permission.SYMLINK,
-    "stat": NO_PERMISSION,
+# What each request needs, and where (see docs/operations.md).  Paths are
+# checked where the object really is: after following links for requests
+# that follow them (open, opendir, stat, setstat, statvfs), and in the
+# resolved directory holding the final name for those that do not.
+OPERATIONS: dict[str, Rule] = {
+    "open_read": Rule(Permission.DOWNLOAD, _PARENT),
+    "open_write": Rule(Permission.UPLOAD, _PARENT),  # creates a new file
+    "open_overwrite": Rule(Permission.OVERWRITE, _PARENT),  # an existing one
+    "truncate": Rule(Permission.OVERWRITE, _PARENT),
+    "opendir": Rule(Permission.LIST, _PATH),
+    "setstat": Rule(Permission.CHMOD, _PARENT),
+    "remove": Rule(Permission.DELETE, _PARENT),
+    "rmdir": Rule(Permission.DELETE, _PARENT),
+    "mkdir": Rule(Permission.MKDIR, _PARENT),
+    "rename": Rule(Permission.RENAME, _PARENT),  # the source
+    "rename_into": Rule(Permission.UPLOAD, _PARENT),  # the destination
+    "rename_over": Rule(Permission.OVERWRITE, _PARENT),  # it replaces a file
+    "symlink": Rule(Permission.SYMLINK, _PARENT),
+    "link": Rule(Permission.SYMLINK, _PARENT),
+    # A hard link is a second door to the same file: only for files the
+    # user may already read and overwrite where they are.
+    "link_source": Rule(Permission.DOWNLOAD | Permission.OVERWRITE, _PARENT),
+    # Lookups (stat, lstat, readlink, statvfs) work wherever the user may
+    # do anything at all, so an upload-only folder can be entered.
+    "stat": Rule(ALL_PERMISSIONS, _PATH, any_of=True),
+    # realpath reads nothing; OpenSSH's sftp quits at login without it.
+    "realpath": Rule(NO_PERMISSION, _PATH),
 }
 
 _WRITE_FLAGS = (
@@ -76,6 +91,11 @@ _WRITE_FLAGS = (
 _SPECIAL_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 _DEFAULT_FILE_MODE = 0o666
 _DEFAULT_DIR_MODE = 0o777
+# A write re-checks its reservation after each wait for the supervisor;
+# another channel of the session may have grown the file meanwhile.
+_RESERVE_ATTEMPTS = 3
+# Opening for write retries when a file appears or vanishes in between.
+_OPEN_ATTEMPTS = 3
 
 
 def tune_asyncssh(limits: Limits) -> None:
@@ -89,25 +109,43 @@ def tune_asyncssh(limits: Limits) -> None:
     asyncssh.sftp.MAX_SFTP_WRITE_LEN = limits.max_request_size
 
 
+@dataclass
+class SessionStats:
+    """What one connection moved and did, for the supervisor's metrics.
+
+    Operation keys are "<operation>:<outcome>": an `OPERATIONS` name or
+    "write", and "ok", "refused" (by a permission or a quota) or "failed"
+    (by the file system).
+    """
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    operations: Counter[str] = field(default_factory=Counter)
+
+    def count(self, operation: str, outcome: str) -> None:
+        self.operations[f"{operation}:{outcome}"] += 1
+
+
 @dataclass(frozen=True)
 class SessionContext:
-    """Who is logged in, where, and under which limits."""
+    """Who is logged in, where, and what they may do there."""
 
     user: str
     connection_id: int
     peer: str
     jail: Jail
-    read_only: bool
+    permissions: PermissionMap
+    quota: QuotaAccount
     limits: Limits
-
-    @property
-    def permissions(self) -> Permission:
-        return READ_ONLY_PERMISSIONS if self.read_only else ALL_PERMISSIONS
+    stats: SessionStats
 
 
 @dataclass
 class OpenFile:
-    """An open file handle and what moved through it."""
+    """An open file handle and what moved through it.
+
+    `path` is where the file really is, in the client's view.
+    """
 
     fd: int
     path: bytes
@@ -115,6 +153,7 @@ class OpenFile:
     append: bool
     bytes_read: int = 0
     bytes_written: int = 0
+    failure: str | None = None
 
 
 class DirectoryListing:
@@ -157,35 +196,69 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         super().__init__(chan)
         self.context = context
         self.jail = context.jail
+        self.quota = context.quota
+        self.stats = context.stats
         self.open_handles = 0
         self._uid = os.getuid()
 
     # -- the one permission check ---------------------------------------
 
     def _require(self, operation: str, path: bytes) -> None:
-        """Refuse the request unless the user holds the permission it needs."""
+        """Refuse the request unless the user may do `operation` at `path`.
 
-        needed = OPERATIONS[operation]
-        if needed in self.context.permissions:
+        `path` is where the object really is, in the client's view (see
+        `_resolve` and `_entry`); the rule says whether its own
+        permissions count or those of the directory holding it.
+        """
+
+        rule = OPERATIONS[operation]
+        if self.context.permissions.allows(rule, path):
             return
+        self.stats.count(operation, "refused")
         audit(
             "sftp.refused",
-            connection=self.context.connection_id,
-            user=self.context.user,
+            **self._who(),
             operation=operation,
             path=path,
         )
         logger.warning("Refused %s of %r for %s.", operation, path, self.context.user)
-        raise asyncssh.SFTPPermissionDenied(f"{operation} is not permitted here")
+        where = parent_of(path) if rule.scope is Scope.PARENT else path
+        raise asyncssh.SFTPPermissionDenied(
+            f"{operation} is not permitted in {os.fsdecode(where)}"
+        )
 
-    def _audited(self, event: str, action: Callable[[], T], **fields: object) -> T:
+    @contextmanager
+    def _resolve(self, path: bytes) -> Iterator[tuple[int, bytes]]:
+        """An O_PATH descriptor of what `path` names, links followed, and
+        where that is in the client's view."""
+
+        fd = self.jail.open_path(path)
+        try:
+            yield fd, self.jail.client_path_of(fd)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _entry(self, path: bytes) -> Iterator[tuple[int, bytes, bytes]]:
+        """The directory holding `path` (resolved), the final name (not
+        followed) and the entry's place in the client's view."""
+
+        with self.jail.parent(path) as (dir_fd, name):
+            directory = self.jail.client_path_of(dir_fd)
+            yield dir_fd, name, _join(directory, name)
+
+    def _audited(
+        self, event: str, operation: str, action: Callable[[], T], **fields: object
+    ) -> T:
         """Run a mutating action and write one audit line with its outcome."""
 
         try:
             result = action()
         except (OSError, asyncssh.SFTPError) as error:
+            self.stats.count(operation, "failed")
             audit(event, **self._who(), **fields, outcome=_describe(error))
             raise
+        self.stats.count(operation, "ok")
         audit(event, **self._who(), **fields, outcome="ok")
         return result
 
@@ -203,51 +276,166 @@ class JailedSFTPServer(asyncssh.SFTPServer):
             )
         self.open_handles += 1
 
+    @contextmanager
+    def _handle_slot(self) -> Iterator[None]:
+        """Take a handle slot for the steps inside; give it back if they fail."""
+
+        self._take_handle()
+        try:
+            yield
+        except BaseException:
+            self.open_handles -= 1
+            raise
+
+    # -- quotas ------------------------------------------------------------
+
+    async def _reserve_bytes(self, nbytes: int, operation: str, path: bytes) -> None:
+        try:
+            await self.quota.reserve_bytes(nbytes)
+        except QuotaExceededError as error:
+            raise self._quota_refusal(error, operation, path) from None
+
+    async def _reserve_file(self, path: bytes) -> None:
+        try:
+            await self.quota.reserve_file()
+        except QuotaExceededError as error:
+            raise self._quota_refusal(error, "open_write", path) from None
+
+    def _quota_refusal(
+        self, error: QuotaExceededError, operation: str, path: bytes
+    ) -> asyncssh.SFTPError:
+        self.stats.count(operation, "refused")
+        audit("sftp.quota_exceeded", **self._who(), path=path, reason=str(error))
+        logger.warning("Refused %r for %s: %s", path, self.context.user, error)
+        return asyncssh.SFTPQuotaExceeded(str(error))
+
+    def _forget_if_gone(self, fd: int) -> None:
+        """Free the quota of a file whose last name was just removed."""
+
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 0:
+            self.quota.freed(nbytes=info.st_size, files=1)
+
     # -- files -----------------------------------------------------------
 
-    def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> OpenFile:
-        writes = bool(pflags & _WRITE_FLAGS)
-        self._require("open_write" if writes else "open_read", path)
+    async def open(
+        self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs
+    ) -> OpenFile:
         flags = _open_flags(pflags)
+        if not pflags & _WRITE_FLAGS:
+            return self._open_for_reading(path, flags)
         mode = (
             _DEFAULT_FILE_MODE
             if attrs.permissions is None
             else attrs.permissions & 0o777
         )
+        reads = bool(pflags & asyncssh.FXF_READ)
+        return await self._open_for_writing(path, flags, mode, reads)
 
-        self._take_handle()
+    def _open_for_reading(self, path: bytes, flags: int) -> OpenFile:
+        # Opening for reading changes nothing (O_NONBLOCK: a FIFO does not
+        # block), so the check can follow the open and use what it found.
+        fd = self.jail.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
         try:
-            fd = self._open_regular(path, flags, mode, writes)
-        except BaseException:
-            self.open_handles -= 1
-            raise
-        return OpenFile(fd, path, writes, bool(flags & os.O_APPEND))
-
-    def _open_regular(self, path: bytes, flags: int, mode: int, writes: bool) -> int:
-        """Open a regular file; never block on a FIFO or touch a device."""
-
-        def act() -> int:
-            fd = self.jail.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY, mode)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise asyncssh.SFTPFailure("not a regular file")
+            where = self.jail.client_path_of(fd)
+            self._require("open_read", where)
+            _require_regular(fd)
             os.set_blocking(fd, True)
-            return fd
+            self._take_handle()
+        except BaseException:
+            os.close(fd)
+            raise
+        self.stats.count("open_read", "ok")
+        return OpenFile(fd, where, writable=False, append=False)
 
-        if not writes:
-            return act()
-        return self._audited(
-            "sftp.open", act, path=path, flags=_describe_flags(flags), mode=oct(mode)
-        )
+    async def _open_for_writing(
+        self, path: bytes, flags: int, mode: int, reads: bool
+    ) -> OpenFile:
+        """Open an existing file (overwrite) or create a new one (upload).
+
+        Which one it is decides the permission, so the file is looked up
+        first; creation is exclusive, so a file appearing in between is
+        found on the next round instead of being overwritten unchecked.
+        """
+
+        for _attempt in range(_OPEN_ATTEMPTS):
+            if not flags & os.O_EXCL:
+                try:
+                    existing = self.jail.open_path(path)
+                except FileNotFoundError:
+                    if not flags & os.O_CREAT:
+                        raise
+                else:
+                    return self._open_existing(existing, flags, reads)
+            try:
+                return await self._create(path, flags, mode, reads)
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+        raise OSError(errno.EEXIST, "the file keeps changing; try again")
+
+    def _open_existing(self, path_fd: int, flags: int, reads: bool) -> OpenFile:
+        try:
+            where = self.jail.client_path_of(path_fd)
+            self._require("open_overwrite", where)
+            if reads:
+                self._require("open_read", where)
+            _require_regular(path_fd)
+            with self._handle_slot():
+                fd = self._audited(
+                    "sftp.open",
+                    "open_overwrite",
+                    lambda: self._reopen(path_fd, flags),
+                    path=where,
+                    flags=_describe_flags(flags),
+                )
+        finally:
+            os.close(path_fd)
+        return OpenFile(fd, where, True, bool(flags & os.O_APPEND))
+
+    def _reopen(self, path_fd: int, flags: int) -> int:
+        """Open the very file `path_fd` names, through its /proc entry."""
+
+        size_before = os.fstat(path_fd).st_size
+        flags &= ~(os.O_CREAT | os.O_EXCL)
+        fd = os.open(f"/proc/self/fd/{path_fd}", flags | os.O_CLOEXEC | os.O_NOCTTY)
+        truncated = size_before - os.fstat(fd).st_size
+        self.quota.freed(nbytes=truncated)
+        return fd
+
+    async def _create(
+        self, path: bytes, flags: int, mode: int, reads: bool
+    ) -> OpenFile:
+        create = flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        with self._entry(path) as (dir_fd, name, where):
+            self._require("open_write", where)
+            if reads:
+                self._require("open_read", where)
+            with self._handle_slot():
+                await self._reserve_file(where)
+                try:
+                    fd = self._audited(
+                        "sftp.open",
+                        "open_write",
+                        lambda: os.open(name, create, mode, dir_fd=dir_fd),
+                        path=where,
+                        flags=_describe_flags(flags | os.O_CREAT),
+                        mode=oct(mode),
+                    )
+                except BaseException:
+                    self.quota.freed(files=1)
+                    raise
+        return OpenFile(fd, where, True, bool(flags & os.O_APPEND))
 
     def read(self, file_obj: object, offset: int, size: int) -> bytes:
         file_obj = _open_file(file_obj)
         size = min(size, self.context.limits.max_request_size)
         data = os.pread(file_obj.fd, size, offset)
         file_obj.bytes_read += len(data)
+        self.stats.bytes_out += len(data)
         return data
 
-    def write(self, file_obj: object, offset: int, data: bytes) -> int:
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         file_obj = _open_file(file_obj)
         limit = self.context.limits.max_request_size
         if len(data) > limit:
@@ -258,16 +446,59 @@ class JailedSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPFailure(
                 f"write of {size} bytes is over the {limit} limit"
             )
-        view = memoryview(data)
-        while view:
-            if file_obj.append:
-                written = os.write(file_obj.fd, view)
-            else:
-                written = os.pwrite(file_obj.fd, view, offset)
-            offset += written
-            view = view[written:]
+
+        size, growth = _growth(file_obj, offset, len(data))
+        for _attempt in range(_RESERVE_ATTEMPTS):
+            if self.quota.covers(growth):
+                break
+            try:
+                await self._reserve_bytes(growth, "write", file_obj.path)
+            except asyncssh.SFTPQuotaExceeded:
+                file_obj.failure = "quota exceeded"
+                raise
+            size, growth = _growth(file_obj, offset, len(data))
+        if not self.quota.covers(growth):
+            raise asyncssh.SFTPFailure("the file kept growing; try the write again")
+
+        # From here to the end nothing waits, so no other request can
+        # change the file between the sizes taken before and after.
+        self.quota.spend(growth)
+        try:
+            _write_all(file_obj, offset, data)
+        except OSError as error:
+            raise self._write_failure(file_obj, error) from None
+        finally:
+            self.quota.refund(growth - (os.fstat(file_obj.fd).st_size - size))
         file_obj.bytes_written += len(data)
+        self.stats.bytes_in += len(data)
         return len(data)
+
+    def _write_failure(self, file_obj: OpenFile, error: OSError) -> Exception:
+        """A clear error for a full disk; other errors pass unchanged."""
+
+        self.stats.count("write", "failed")
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        reason = (
+            "the server's disk is full"
+            if error.errno == errno.ENOSPC
+            else "the server's disk quota is exceeded"
+        )
+        message = (
+            f"{reason}; the file keeps what was written before this request; "
+            "delete files or try again later"
+        )
+        if file_obj.failure is None:
+            logger.error(
+                "A write by %s to %r failed: %s.",
+                self.context.user,
+                os.fsdecode(file_obj.path),
+                reason,
+            )
+        file_obj.failure = reason
+        if error.errno == errno.ENOSPC:
+            return asyncssh.SFTPNoSpaceOnFilesystem(message)
+        return asyncssh.SFTPQuotaExceeded(message)
 
     def close(self, file_obj: object) -> None:
         if not isinstance(file_obj, OpenFile):
@@ -275,139 +506,137 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         os.close(file_obj.fd)
         self.open_handles -= 1
         if file_obj.writable:
+            self.quota.settle()
             audit(
                 "sftp.close",
                 **self._who(),
                 path=file_obj.path,
                 bytes_read=file_obj.bytes_read,
                 bytes_written=file_obj.bytes_written,
-                outcome="ok",
+                outcome=file_obj.failure or "ok",
             )
 
     def fstat(self, file_obj: object) -> os.stat_result:
         return os.fstat(_open_file(file_obj).fd)
 
-    def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
+    async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
         file_obj = _open_file(file_obj)
-        self._require("setstat", file_obj.path)
-        self._audited(
-            "sftp.setstat",
-            lambda: self._apply_attrs(
-                file_obj.fd, f"/proc/self/fd/{file_obj.fd}", attrs
-            ),
-            path=file_obj.path,
-            **_describe_attrs(attrs),
-        )
+        await self._set_attributes(file_obj.fd, file_obj.path, attrs)
 
     def fsync(self, file_obj: object) -> None:
         os.fsync(_open_file(file_obj).fd)
 
     def exit(self) -> None:
+        self.quota.settle()
         logger.debug("SFTP session of %s ended.", self.context.user)
 
     # -- metadata --------------------------------------------------------
 
     def stat(self, path: bytes) -> os.stat_result:
-        fd = self.jail.open_path(path)
-        try:
+        with self._resolve(path) as (fd, where):
+            self._require("stat", where)
             return os.fstat(fd)
-        finally:
-            os.close(fd)
 
     def stat_quietly(self, path: bytes) -> asyncssh.SFTPAttrs:
-        """Attributes of `path`, or empty ones if it cannot be read."""
+        """Attributes of `path` for a listing, or empty ones if unreadable."""
 
         try:
-            return asyncssh.SFTPAttrs.from_local(self.stat(path))
+            fd = self.jail.open_path(path)
         except OSError:
             return asyncssh.SFTPAttrs()
+        try:
+            return asyncssh.SFTPAttrs.from_local(os.fstat(fd))
+        finally:
+            os.close(fd)
 
     def lstat(self, path: bytes) -> os.stat_result:
         if normalize(path) == b".":
+            self._require("stat", b"/")
             return os.fstat(self.jail.root_fd)
-        with self.jail.parent(path) as (dir_fd, name):
+        with self._entry(path) as (dir_fd, name, where):
+            self._require("stat", where)
             return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
 
-    def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        self._require("setstat", path)
+    async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        with self._resolve(path) as (fd, where):
+            await self._set_attributes(fd, where, attrs)
 
-        def act() -> None:
-            fd = self.jail.open_path(path)
-            try:
-                # An O_PATH descriptor cannot be chmod-ed directly; its /proc
-                # entry names exactly the object openat2 resolved in the jail.
-                self._apply_attrs(None, f"/proc/self/fd/{fd}", attrs, path_fd=fd)
-            finally:
-                os.close(fd)
-
-        self._audited("sftp.setstat", act, path=path, **_describe_attrs(attrs))
-
-    def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        self._require("setstat", path)
-
-        def act() -> None:
-            info = self.lstat(path)
-            if not stat.S_ISLNK(info.st_mode):
-                self.setstat(path, attrs)
-                return
-            _refuse_owner_change(attrs, info)
-            if attrs.permissions is not None:
-                raise OSError(
-                    errno.EOPNOTSUPP, "symbolic links have no mode of their own"
-                )
-            with self.jail.parent(path) as (dir_fd, name):
-                if attrs.atime is not None and attrs.mtime is not None:
-                    os.utime(
-                        name, ns=_times_ns(attrs), dir_fd=dir_fd, follow_symlinks=False
+    async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        if normalize(path) != b".":
+            with self._entry(path) as (dir_fd, name, where):
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    self._require("setstat", where)
+                    self._audited(
+                        "sftp.setstat",
+                        "setstat",
+                        lambda: _set_link_times(dir_fd, name, attrs, info),
+                        path=where,
+                        **_describe_attrs(attrs),
                     )
+                    return
+        await self.setstat(path, attrs)
 
-        self._audited("sftp.setstat", act, path=path, **_describe_attrs(attrs))
-
-    def _apply_attrs(
-        self,
-        fd: int | None,
-        proc_path: str,
-        attrs: asyncssh.SFTPAttrs,
-        path_fd: int | None = None,
+    async def _set_attributes(
+        self, fd: int, where: bytes, attrs: asyncssh.SFTPAttrs
     ) -> None:
-        """Apply mode, times and size through a descriptor, never by path."""
+        """Apply size, mode and times through a descriptor, never by path."""
 
-        info = os.fstat(fd if fd is not None else path_fd)  # type: ignore[arg-type]
+        info = os.fstat(fd)
         _refuse_owner_change(attrs, info)
-
         if attrs.size is not None:
-            self._truncate(fd, proc_path, attrs.size, info)
-        if attrs.permissions is not None:
-            if attrs.permissions & _SPECIAL_MODE_BITS:
-                raise asyncssh.SFTPPermissionDenied(
-                    "setuid, setgid and sticky bits are not allowed"
-                )
-            os.chmod(proc_path, attrs.permissions & 0o777)
-        if attrs.atime is not None and attrs.mtime is not None:
-            os.utime(proc_path, ns=_times_ns(attrs))
+            self._require("truncate", where)
+        if attrs.permissions is not None or attrs.mtime is not None:
+            self._require("setstat", where)
+        if attrs.permissions is not None and attrs.permissions & _SPECIAL_MODE_BITS:
+            raise asyncssh.SFTPPermissionDenied(
+                "setuid, setgid and sticky bits are not allowed"
+            )
 
-    def _truncate(
-        self, fd: int | None, proc_path: str, size: int, info: os.stat_result
-    ) -> None:
-        if OPERATIONS["truncate"] not in self.context.permissions:
-            raise asyncssh.SFTPPermissionDenied("truncate is not permitted here")
-        if not stat.S_ISREG(info.st_mode):
-            raise asyncssh.SFTPFailure("only regular files can be truncated")
-        if fd is not None:
-            os.ftruncate(fd, size)
-            return
-        writable = os.open(proc_path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        growth = 0
+        if attrs.size is not None and stat.S_ISREG(info.st_mode):
+            growth = max(0, attrs.size - info.st_size)
+            await self._reserve_bytes(growth, "truncate", where)
+            self.quota.spend(growth)
+
+        def act() -> None:
+            if attrs.size is not None:
+                self._truncate(fd, attrs.size, growth)
+            proc_path = f"/proc/self/fd/{fd}"
+            if attrs.permissions is not None:
+                os.chmod(proc_path, attrs.permissions & 0o777)
+            if attrs.atime is not None and attrs.mtime is not None:
+                os.utime(proc_path, ns=_times_ns(attrs))
+
         try:
+            self._audited(
+                "sftp.setstat", "setstat", act, path=where, **_describe_attrs(attrs)
+            )
+        except BaseException:
+            self.quota.refund(growth)
+            raise
+
+    def _truncate(self, fd: int, size: int, reserved: int) -> None:
+        """Set a regular file's size, settling the quota with what changed."""
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise asyncssh.SFTPFailure("only regular files can be truncated")
+        # The descriptor may be O_PATH or read-only; its /proc entry opens
+        # the very same file for writing.
+        writable = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            before = os.fstat(writable).st_size
             os.ftruncate(writable, size)
+            after = os.fstat(writable).st_size
         finally:
             os.close(writable)
+        self.quota.refund(reserved - max(0, after - before))
+        self.quota.freed(nbytes=max(0, before - after))
 
     def statvfs(self, path: bytes) -> os.statvfs_result:
-        fd = self.jail.open_path(path)
-        try:
+        with self._resolve(path) as (fd, where):
+            self._require("stat", where)
             return os.statvfs(fd)
-        finally:
-            os.close(fd)
 
     def fstatvfs(self, file_obj: object) -> os.statvfs_result:
         return os.statvfs(_open_file(file_obj).fd)
@@ -415,20 +644,36 @@ class JailedSFTPServer(asyncssh.SFTPServer):
     def realpath(self, path: bytes) -> bytes:
         """The canonical path in the client's namespace; the last part may be new."""
 
+        canonical = self._canonical(path)
+        self._require("realpath", canonical)
+        return canonical
+
+    def _canonical(self, path: bytes) -> bytes:
+        """Resolve the longest part of `path` that exists; append the rest."""
+
+        existing = normalize(path)
+        missing: list[bytes] = []
+        while True:
+            try:
+                fd = self.jail.open_path(client_form(existing))
+                break
+            except FileNotFoundError:
+                if existing == b".":
+                    raise
+                existing, name = os.path.split(existing)
+                existing = existing or b"."
+                missing.append(name)
         try:
-            fd = self.jail.open_path(path)
-        except FileNotFoundError:
-            relative = normalize(path)
-            head, name = os.path.split(relative)
-            parent = self.realpath(client_form(head or b"."))
-            return parent.rstrip(b"/") + b"/" + name
-        try:
-            return self.jail.client_path_of(fd)
+            canonical = self.jail.client_path_of(fd)
         finally:
             os.close(fd)
+        for name in reversed(missing):
+            canonical = _join(canonical, name)
+        return canonical
 
     def readlink(self, path: bytes) -> bytes:
-        with self.jail.parent(path) as (dir_fd, name):
+        with self._entry(path) as (dir_fd, name, where):
+            self._require("stat", where)
             return os.readlink(name, dir_fd=dir_fd)
 
     def format_user(self, uid: int | None) -> str:
@@ -442,80 +687,98 @@ class JailedSFTPServer(asyncssh.SFTPServer):
     def scandir(self, path: bytes) -> DirectoryListing:
         # Opened here, not lazily, so a missing directory fails the opendir
         # request itself, which is where every client expects the error.
-        self._require("opendir", path)
-        self._take_handle()
+        fd = self.jail.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fd = self.jail.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            where = self.jail.client_path_of(fd)
+            self._require("opendir", where)
+            self._take_handle()
         except BaseException:
-            self.open_handles -= 1
+            os.close(fd)
             raise
-        return DirectoryListing(self, fd, path)
+        self.stats.count("opendir", "ok")
+        return DirectoryListing(self, fd, where)
 
     def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
-        self._require("mkdir", path)
         mode = (
             _DEFAULT_DIR_MODE
             if attrs.permissions is None
             else attrs.permissions & 0o777
         )
-
-        def act() -> None:
-            with self.jail.parent(path) as (dir_fd, name):
-                os.mkdir(name, mode, dir_fd=dir_fd)
-
-        self._audited("sftp.mkdir", act, path=path, mode=oct(mode))
+        with self._entry(path) as (dir_fd, name, where):
+            self._require("mkdir", where)
+            self._audited(
+                "sftp.mkdir",
+                "mkdir",
+                lambda: os.mkdir(name, mode, dir_fd=dir_fd),
+                path=where,
+                mode=oct(mode),
+            )
 
     def rmdir(self, path: bytes) -> None:
-        self._require("rmdir", path)
-
-        def act() -> None:
-            with self.jail.parent(path) as (dir_fd, name):
-                os.rmdir(name, dir_fd=dir_fd)
-
-        self._audited("sftp.rmdir", act, path=path)
+        with self._entry(path) as (dir_fd, name, where):
+            self._require("rmdir", where)
+            self._audited(
+                "sftp.rmdir",
+                "rmdir",
+                lambda: os.rmdir(name, dir_fd=dir_fd),
+                path=where,
+            )
 
     def remove(self, path: bytes) -> None:
-        self._require("remove", path)
+        with self._entry(path) as (dir_fd, name, where):
+            self._require("remove", where)
+            self._audited(
+                "sftp.remove",
+                "remove",
+                lambda: self._unlink(dir_fd, name),
+                path=where,
+            )
 
-        def act() -> None:
-            with self.jail.parent(path) as (dir_fd, name):
-                os.unlink(name, dir_fd=dir_fd)
-
-        self._audited("sftp.remove", act, path=path)
+    def _unlink(self, dir_fd: int, name: bytes) -> None:
+        # Holding the file while removing its name tells exactly whether
+        # this was its last name, and so whether its quota is free now.
+        victim = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+            self._forget_if_gone(victim)
+        finally:
+            os.close(victim)
 
     # -- names and links ---------------------------------------------------
 
     def rename(self, oldpath: bytes, newpath: bytes) -> None:
         """SFTP v3 rename: fails if the new name exists, like OpenSSH."""
 
-        self._require("rename", oldpath)
-        self._audited(
-            "sftp.rename",
-            lambda: self._rename(oldpath, newpath, replace=False),
-            old=oldpath,
-            new=newpath,
-        )
+        self._rename(oldpath, newpath, replace=False)
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         """posix-rename@openssh.com: atomically replaces the new name."""
 
-        self._require("rename", oldpath)
-        self._audited(
-            "sftp.rename",
-            lambda: self._rename(oldpath, newpath, replace=True),
-            old=oldpath,
-            new=newpath,
-        )
+        self._rename(oldpath, newpath, replace=True)
 
     def _rename(self, oldpath: bytes, newpath: bytes, *, replace: bool) -> None:
-        with self.jail.parent(oldpath) as (old_dir, old_name):
-            with self.jail.parent(newpath) as (new_dir, new_name):
-                if replace:
-                    os.rename(
-                        old_name, new_name, src_dir_fd=old_dir, dst_dir_fd=new_dir
+        with self._entry(oldpath) as (old_dir, old_name, old_where):
+            with self._entry(newpath) as (new_dir, new_name, new_where):
+                self._require("rename", old_where)
+                self._require("rename_into", new_where)
+                replaced = _open_entry(new_dir, new_name) if replace else None
+                try:
+                    if replaced is not None:
+                        self._require("rename_over", new_where)
+                    self._audited(
+                        "sftp.rename",
+                        "rename",
+                        lambda: _move(
+                            old_dir, old_name, new_dir, new_name, replaced is not None
+                        ),
+                        old=old_where,
+                        new=new_where,
                     )
-                else:
-                    _rename_no_replace(old_dir, old_name, new_dir, new_name)
+                    if replaced is not None:
+                        self._forget_if_gone(replaced)
+                finally:
+                    if replaced is not None:
+                        os.close(replaced)
 
     def symlink(self, oldpath: bytes, newpath: bytes) -> None:
         """Create `newpath` pointing at `oldpath`, stored as the user wrote it.
@@ -525,30 +788,89 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         that tools on the host which follow links never leave it either.
         """
 
-        self._require("symlink", newpath)
+        with self._entry(newpath) as (dir_fd, name, where):
+            self._require("symlink", where)
 
-        def act() -> None:
-            _check_link_target(oldpath, newpath)
-            with self.jail.parent(newpath) as (dir_fd, name):
+            def act() -> None:
+                _check_link_target(oldpath, where)
                 os.symlink(oldpath, name, dir_fd=dir_fd)
 
-        self._audited("sftp.symlink", act, target=oldpath, path=newpath)
+            self._audited("sftp.symlink", "symlink", act, target=oldpath, path=where)
 
     def link(self, oldpath: bytes, newpath: bytes) -> None:
-        self._require("link", newpath)
-
-        def act() -> None:
-            with self.jail.parent(oldpath) as (old_dir, old_name):
-                with self.jail.parent(newpath) as (new_dir, new_name):
-                    os.link(
+        with self._entry(oldpath) as (old_dir, old_name, old_where):
+            with self._entry(newpath) as (new_dir, new_name, new_where):
+                self._require("link_source", old_where)
+                self._require("link", new_where)
+                self._audited(
+                    "sftp.link",
+                    "link",
+                    lambda: os.link(
                         old_name,
                         new_name,
                         src_dir_fd=old_dir,
                         dst_dir_fd=new_dir,
                         follow_symlinks=False,
-                    )
+                    ),
+                    target=old_where,
+                    path=new_where,
+                )
 
-        self._audited("sftp.link", act, target=oldpath, path=newpath)
+
+def _join(directory: bytes, name: bytes) -> bytes:
+    return directory.rstrip(b"/") + b"/" + name
+
+
+def _require_regular(fd: int) -> None:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise asyncssh.SFTPFailure("not a regular file")
+
+
+def _open_entry(dir_fd: int, name: bytes) -> int | None:
+    """An O_PATH descriptor of the entry itself (links not followed), if any."""
+
+    try:
+        return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+
+
+def _growth(file_obj: OpenFile, offset: int, length: int) -> tuple[int, int]:
+    """The file's size now, and how much a write would grow it."""
+
+    size = os.fstat(file_obj.fd).st_size
+    end = (size if file_obj.append else offset) + length
+    return size, max(0, end - size)
+
+
+def _write_all(file_obj: OpenFile, offset: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        if file_obj.append:
+            written = os.write(file_obj.fd, view)
+        else:
+            written = os.pwrite(file_obj.fd, view, offset)
+        offset += written
+        view = view[written:]
+
+
+def _move(
+    old_dir: int, old_name: bytes, new_dir: int, new_name: bytes, replace: bool
+) -> None:
+    if replace:
+        os.rename(old_name, new_name, src_dir_fd=old_dir, dst_dir_fd=new_dir)
+    else:
+        _rename_no_replace(old_dir, old_name, new_dir, new_name)
+
+
+def _set_link_times(
+    dir_fd: int, name: bytes, attrs: asyncssh.SFTPAttrs, info: os.stat_result
+) -> None:
+    _refuse_owner_change(attrs, info)
+    if attrs.permissions is not None:
+        raise OSError(errno.EOPNOTSUPP, "symbolic links have no mode of their own")
+    if attrs.atime is not None and attrs.mtime is not None:
+        os.utime(name, ns=_times_ns(attrs), dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _open_file(file_obj: object) -> OpenFile:

@@ -68,6 +68,7 @@ from sftpjail.homes import ensure_home
 from sftpjail.hostkeys import load_host_keys
 from sftpjail.metrics import Metrics, MetricsResponder
 from sftpjail.passwords import equalize_timing, verify_password
+from sftpjail.quota import QuotaLedger, QuotaLimits
 from sftpjail.reload import FileSignature, LiveSession, UsersWatch, sessions_to_end
 from sftpjail.users import User, UsersFile, login_refusal
 
@@ -142,6 +143,7 @@ class Supervisor:
         self._users_watch: UsersWatch | None = None
         self._users_signature: FileSignature | None = None
         self._reload_pending = False
+        self.quotas = QuotaLedger()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -662,6 +664,8 @@ class Supervisor:
         elif isinstance(message, ipc.SandboxNotice):
             session.sandbox = message.layers
             self.sandbox_layers = message.layers
+        elif isinstance(message, ipc.QuotaRequest):
+            self._answer_quota(session, message)
 
     def _count_transfer(self, session: Session, notice: ipc.TransferNotice) -> None:
         """Take a worker's cumulative counters; only their growth is counted."""
@@ -805,6 +809,7 @@ class Supervisor:
         # Counted here, not per grant: a key is granted twice per login
         # (once when offered, once when signed).
         self.metrics.authentication(grant[1], accepted=True)
+        self._open_quota(session, grant[0])
         audit(
             "auth.success",
             connection=session.connection_id,
@@ -822,6 +827,20 @@ class Supervisor:
         live = LiveSession(session.connection_id, user_name, session.peer_host)
         for _ending, reason in sessions_to_end([live], self.users):
             self._end_session(session, reason)
+
+    # -- quotas (see sftpjail.quota) -------------------------------------
+
+    def _open_quota(self, session: Session, user: User) -> None:
+        """Start the user's books, measuring the home if no session has them."""
+
+        limits = QuotaLimits(user.quota_bytes, user.quota_files)
+        home = Path(os.path.abspath(self.config.data_dir)) / user.home
+        self.quotas.join(session.connection_id, user.name, limits, home)
+
+    def _answer_quota(self, session: Session, request: ipc.QuotaRequest) -> None:
+        reply = self.quotas.handle(session.connection_id, request)
+        if reply is not None:
+            self._reply(session, reply)
 
     def _signal_worker(self, session: Session, signum: signal.Signals) -> None:
         # A forgotten session's pidfd is closed and its number may be reused.
@@ -846,6 +865,7 @@ class Supervisor:
             )
             if ban is not None:
                 self._on_ban(ban, None)
+        self.quotas.leave(session.connection_id)
         self.selector.unregister(session.link)
         session.link.close()
         if session.pidfd is not None:

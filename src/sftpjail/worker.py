@@ -37,7 +37,18 @@ from sftpjail.audit import audit
 from sftpjail.config import Config
 from sftpjail.hostkeys import HostKey
 from sftpjail.jailpath import Jail
-from sftpjail.sftp_server import JailedSFTPServer, SessionContext, tune_asyncssh
+from sftpjail.permissions import (
+    ALL_PERMISSIONS,
+    READ_ONLY_PERMISSIONS,
+    PermissionMap,
+)
+from sftpjail.quota import QuotaAccount, QuotaLimits
+from sftpjail.sftp_server import (
+    JailedSFTPServer,
+    SessionContext,
+    SessionStats,
+    tune_asyncssh,
+)
 
 logger = logging.getLogger("sftpjail.worker")
 
@@ -82,6 +93,8 @@ SIGNATURE_ALGORITHMS = (
 MAX_CHANNELS_PER_CONNECTION = 10
 KEEPALIVE_INTERVAL = 30.0
 KEEPALIVE_COUNT_MAX = 3
+# How often, at most, a worker reports its transfer counters.
+TRANSFER_REPORT_INTERVAL = 2.0
 
 # Channel requests an SFTP-only server never grants, and how to name them
 # in the audit log.
@@ -111,6 +124,38 @@ class Grant:
 
     home: Path
     read_only: bool
+    permissions: PermissionMap
+    quota: QuotaLimits
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> Grant:
+        """Read a granting `auth_reply`; ValueError if it is malformed."""
+
+        read_only = bool(reply["read_only"])
+        mapping = reply.get("permissions")
+        if mapping is None:
+            everything = READ_ONLY_PERMISSIONS if read_only else ALL_PERMISSIONS
+            permissions = PermissionMap.everywhere(everything)
+        elif isinstance(mapping, dict):
+            permissions = PermissionMap.from_grant(mapping, read_only=read_only)
+        else:
+            raise ValueError("permissions is not a table of directories")
+        quota = QuotaLimits(
+            _limit(reply.get("quota_bytes")), _limit(reply.get("quota_files"))
+        )
+        return cls(Path(str(reply["home"])), read_only, permissions, quota)
+
+    @property
+    def changes_nothing(self) -> bool:
+        """Whether the user may not change anything anywhere in the home."""
+
+        return not self.permissions.anywhere() & ~READ_ONLY_PERMISSIONS
+
+
+def _limit(value: object) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"quota limit {value!r} is not a number")
 
 
 def prepare(config: Config, host_keys: list[HostKey]) -> WorkerContext:
@@ -186,7 +231,20 @@ async def _serve(
     except (TimeoutError, asyncssh.Error, OSError) as error:
         logger.debug("Connection %d ended before login: %s", connection_id, error)
         return
-    await connection.wait_closed()
+    reporter = asyncio.get_running_loop().create_task(_report_transfers(server))
+    try:
+        await connection.wait_closed()
+    finally:
+        reporter.cancel()
+        server.finish()
+
+
+async def _report_transfers(server: SessionServer) -> None:
+    """Report the session's counters while they change, at most every 2 s."""
+
+    while True:
+        await asyncio.sleep(TRANSFER_REPORT_INTERVAL)
+        server.report_transfers()
 
 
 def _ssh_options(context: WorkerContext) -> dict[str, Any]:
@@ -215,6 +273,7 @@ class SupervisorLink:
         sock.setblocking(False)
         self._sock = sock
         self._reply: asyncio.Future[dict[str, Any]] | None = None
+        self._reply_type = ""
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         # Called with the reason when the supervisor ends the session.
@@ -225,12 +284,13 @@ class SupervisorLink:
 
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
-    async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send a request and wait for the supervisor's reply."""
+    async def ask(self, message: dict[str, Any], reply_type: str) -> dict[str, Any]:
+        """Send a request and wait for the supervisor's `reply_type` reply."""
 
         async with self._lock:
             loop = asyncio.get_running_loop()
             self._reply = loop.create_future()
+            self._reply_type = reply_type
             await loop.sock_sendall(self._sock, ipc.encode(message))
             return await self._reply
 
@@ -257,8 +317,17 @@ class SupervisorLink:
                 if self.on_end is not None:
                     self.on_end(str(message.get("reason", "ended by the server")))
                 continue
-            if self._reply is not None and not self._reply.done():
+            if (
+                self._reply is not None
+                and not self._reply.done()
+                and message["type"] == self._reply_type
+            ):
                 self._reply.set_result(message)
+            else:
+                logger.warning(
+                    "Ignored an unexpected %s message from the supervisor.",
+                    message["type"],
+                )
 
     def _fail_pending(self, reason: str) -> None:
         if self._reply is not None and not self._reply.done():
@@ -282,6 +351,9 @@ class SessionServer(asyncssh.SSHServer):
         self.grants: dict[str, Grant] = {}
         self.user: str | None = None
         self.jail: Jail | None = None
+        self.quota: QuotaAccount | None = None
+        self.stats = SessionStats()
+        self._last_report: dict[str, Any] = {}
         self.open_channels = 0
         self._connection: asyncssh.SSHServerConnection | None = None
 
@@ -322,7 +394,7 @@ class SessionServer(asyncssh.SSHServer):
             "credential": credential,
         }
         try:
-            reply = await self.link.ask(request)
+            reply = await self.link.ask(request, "auth_reply")
         except (ConnectionError, ipc.ProtocolError) as error:
             logger.error(
                 "Login for %s refused: no answer from the supervisor (%s).",
@@ -339,9 +411,13 @@ class SessionServer(asyncssh.SSHServer):
             )
         if not reply.get("ok"):
             return False
-        self.grants[username] = Grant(
-            Path(str(reply["home"])), bool(reply["read_only"])
-        )
+        try:
+            self.grants[username] = Grant.from_reply(reply)
+        except (KeyError, ValueError) as error:
+            logger.error(
+                "Login for %s refused: a malformed grant (%s).", username, error
+            )
+            return False
         return True
 
     def auth_completed(self) -> None:
@@ -356,7 +432,9 @@ class SessionServer(asyncssh.SSHServer):
         grant = self.grants[username]
         try:
             sandbox.narrow_to_home(
-                grant.home, read_only=grant.read_only, policy=self.context.policy
+                grant.home,
+                read_only=grant.read_only or grant.changes_nothing,
+                policy=self.context.policy,
             )
             self.jail = Jail(grant.home)
         except Exception:
@@ -364,6 +442,11 @@ class SessionServer(asyncssh.SSHServer):
             os._exit(1)
 
         self.user = username
+        self.quota = QuotaAccount(
+            grant.quota,
+            ask=lambda message: self.link.ask(message, "quota_reply"),
+            tell=self.link.notify,
+        )
         self.link.notify({"type": "login", "user": username})
 
     def session_requested(
@@ -425,15 +508,38 @@ class SessionServer(asyncssh.SSHServer):
         """Everything the SFTP handlers need to know about this login."""
 
         assert self.jail is not None and self.user is not None
+        assert self.quota is not None
         grant = self.grants[self.user]
         return SessionContext(
             user=self.user,
             connection_id=self.connection_id,
             peer=self.peer,
             jail=self.jail,
-            read_only=grant.read_only,
+            permissions=grant.permissions,
+            quota=self.quota,
             limits=self.context.config.limits,
+            stats=self.stats,
         )
+
+    def report_transfers(self) -> None:
+        """Send the cumulative counters if they changed since the last time."""
+
+        report = {
+            "type": "transfer",
+            "bytes_in": self.stats.bytes_in,
+            "bytes_out": self.stats.bytes_out,
+            "operations": dict(self.stats.operations),
+        }
+        if report != self._last_report:
+            self.link.notify(report)
+            self._last_report = report
+
+    def finish(self) -> None:
+        """The connection ended: return unused quota, report the last counts."""
+
+        if self.quota is not None:
+            self.quota.settle()
+        self.report_transfers()
 
 
 class SftpOnlyChannel(asyncssh.SSHServerChannel[bytes]):
