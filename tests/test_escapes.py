@@ -777,10 +777,6 @@ def test_answers_never_name_a_host_path(scene: Scene) -> None:
     assert operator_targets == [os.fsencode(scene.bob_home)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="realpath recurses once per missing component (sftp_server.py)",
-)
 def test_realpath_of_a_deep_missing_path_is_an_ordinary_error(scene: Scene) -> None:
     async def ask(client: asyncssh.SFTPClient) -> str:
         try:
