@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 #   iproute2         ip netns and veth for the network lab
 #   libseccomp2      the filter compiler behind the seccomp layer
 #   python3-venv     the virtual environment
+#   postgresql       the shared store of replicas; tests start throwaway clusters
 APT_PACKAGES=(
   openssh-client openssh-server nftables iptables conntrack iproute2
-  libseccomp2 python3-venv
+  libseccomp2 python3-venv postgresql
 )
 
 missing=()
@@ -40,5 +41,10 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+# Some machines configure local package folders that may not exist; pip
+# warns once per package about each, which buries real problems.
+quiet_pip() {
+  .venv/bin/python -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+quiet_pip install -q --upgrade pip
+quiet_pip install -q -e ".[test]"
