@@ -3,8 +3,9 @@
 The file has sections (`[server]`, `[limits]`); every key name is unique
 across sections, so each setting can also come from an environment variable
 `SFTPJAIL_<KEY>` in upper case (`SFTPJAIL_DATA_DIR`, `SFTPJAIL_MAX_SESSIONS`).
-Keys of the later sections (`[defense]`, `[metrics]`) have short names, so
-their variables carry the section too: `SFTPJAIL_DEFENSE_BAN_TIME`.
+Keys of the later sections (`[defense]`, `[metrics]`, `[database]`) have
+short names, so their variables carry the section too:
+`SFTPJAIL_DEFENSE_BAN_TIME`, `SFTPJAIL_DATABASE_URL`.
 A secret can instead come from a file named by `SFTPJAIL_<KEY>_FILE`, so it
 never has to stand in the environment itself.
 
@@ -78,6 +79,17 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseSettings:
+    """The shared PostgreSQL store of replicas; unused unless `url` is set.
+
+    `url` is a libpq connection string or URI (it may hold a password, so
+    it is never logged; see `sftpjail.store.postgres.redacted`).
+    """
+
+    url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the server needs to know before it starts."""
 
@@ -91,9 +103,11 @@ class Config:
     log_level: str = "info"
     control_socket: Path | None = None
     watch_users_file: bool = True
+    replica: bool = False
     limits: Limits = field(default_factory=Limits)
     defense: DefenseSettings = field(default_factory=DefenseSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     source: Path | None = None
 
 
@@ -110,6 +124,7 @@ _SERVER_KEYS: dict[str, type] = {
     "log_level": str,
     "control_socket": Path,
     "watch_users_file": bool,
+    "replica": bool,
 }
 _LIMIT_KEYS: dict[str, type] = {
     "max_sessions": int,
@@ -132,14 +147,16 @@ _DEFENSE_KEYS: dict[str, type] = {
     "allowlist": list,
 }
 _METRICS_KEYS: dict[str, type] = {"listen": str}
+_DATABASE_KEYS: dict[str, type] = {"url": str}
 _SECTIONS: dict[str, dict[str, type]] = {
     "server": _SERVER_KEYS,
     "limits": _LIMIT_KEYS,
     "defense": _DEFENSE_KEYS,
     "metrics": _METRICS_KEYS,
+    "database": _DATABASE_KEYS,
 }
 # Sections whose keys are known as "<section>_<key>" outside the file.
-_PREFIXED_SECTIONS = ("defense", "metrics")
+_PREFIXED_SECTIONS = ("defense", "metrics", "database")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MIN_REQUEST_SIZE = 32 * 1024
 _MAX_REQUEST_SIZE = 4 * 1024 * 1024
@@ -258,9 +275,11 @@ def _build(values: dict[str, Any], source: Path | None) -> Config:
         watch_users_file=_boolean(
             values.get("watch_users_file", True), "watch_users_file"
         ),
+        replica=_boolean(values.get("replica", False), "replica"),
         limits=_limits(values),
         defense=_defense(values),
         metrics=_metrics(values),
+        database=_database(values),
         source=source,
     )
 
@@ -352,6 +371,13 @@ def _metrics(values: dict[str, Any]) -> MetricsSettings:
     return MetricsSettings(
         parse_listen_address(_string(listen, "metrics.listen"), "metrics.listen")
     )
+
+
+def _database(values: dict[str, Any]) -> DatabaseSettings:
+    url = values.get(_flat_key("database", "url"))
+    if not url:
+        return DatabaseSettings()
+    return DatabaseSettings(_string(url, "database.url").strip())
 
 
 def _number(value: Any, key: str, kind: type, section: str = "limits") -> int | float:

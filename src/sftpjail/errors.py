@@ -64,3 +64,11 @@ class ProbeTargetError(SftpjailError):
 
 class ControlSocketError(SftpjailError):
     """The running server cannot be reached or asked through its control socket."""
+
+
+class DatabaseError(SftpjailError):
+    """The PostgreSQL store is missing, not set up, or refused a change."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The PostgreSQL server cannot be reached right now."""
