@@ -153,7 +153,7 @@ try:
     client.connect(sys.argv[1])
     client.sendall(b'{"request": "status"}\\n')
     print(client.recv(100).decode() or "closed without a reply")
-except ConnectionResetError:
+except (ConnectionResetError, BrokenPipeError):
     print("closed without a reply")
 except OSError as error:
     print(type(error).__name__)
