@@ -47,7 +47,17 @@ def _register() -> None:
 
     # Imported here so that `sftpjail version` stays cheap and so each area
     # module can import `cli` helpers without a cycle.
-    from sftpjail.cli import check, demo, firewall, health, probe, serve, status, users
+    from sftpjail.cli import (
+        check,
+        db,
+        demo,
+        firewall,
+        health,
+        probe,
+        serve,
+        status,
+        users,
+    )
 
     cli.add_command(serve.serve)
     cli.add_command(serve.hostkeys)
@@ -59,6 +69,7 @@ def _register() -> None:
     cli.add_command(users.hash_password_command)
     cli.add_command(check.check)
     cli.add_command(status.status)
+    cli.add_command(db.db)
 
 
 _register()
