@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import asyncssh
 import tomlkit
 
 from serverlab import ClientKey, ServerLab
@@ -98,3 +99,25 @@ def wait_for_close(lab: ServerLab, user: str, timeout: float) -> None:
         timeout,
         f"a connection of {user} to close",
     )
+
+
+async def password_login(lab: ServerLab, password: str, source: str) -> str:
+    """Log in as alice with `password` from `source`; 'ok', 'denied' or why not."""
+
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            lab.port,
+            local_addr=(source, 0),
+            username="alice",
+            password=password,
+            known_hosts=None,
+            client_keys=None,
+            preferred_auth="password",
+            connect_timeout=10,
+        ):
+            return "ok"
+    except asyncssh.PermissionDenied:
+        return "denied"
+    except (asyncssh.Error, OSError) as error:
+        return f"closed: {error}"

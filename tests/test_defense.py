@@ -9,9 +9,9 @@ import socket
 import time
 from pathlib import Path
 
-import asyncssh
 import pytest
 
+from operationslab import password_login
 from serverlab import ServerLab
 from sftpjail import defense
 from sftpjail.config import DefenseSettings
@@ -218,28 +218,6 @@ def _configure(lab: ServerLab, defense_lines: str) -> None:
     lab.write_config(limits="auth_failure_delay = 0.05")
 
 
-async def _login(lab: ServerLab, password: str, source: str) -> str:
-    """Try one password from `source`; 'ok' or what stopped the client."""
-
-    try:
-        async with asyncssh.connect(
-            "127.0.0.1",
-            lab.port,
-            local_addr=(source, 0),
-            username="alice",
-            password=password,
-            known_hosts=None,
-            client_keys=None,
-            preferred_auth="password",
-            connect_timeout=10,
-        ):
-            return "ok"
-    except asyncssh.PermissionDenied:
-        return "denied"
-    except (asyncssh.Error, OSError) as error:
-        return f"closed: {error}"
-
-
 def _first_bytes(lab: ServerLab, source: str) -> bytes:
     """What the server sends first to a plain TCP client from `source`."""
 
@@ -257,16 +235,16 @@ def test_guessing_address_is_banned_then_let_back_in(lab: ServerLab) -> None:
     lab.add_user("alice", password="right")
     lab.start()
 
-    guesses = [asyncio.run(_login(lab, "wrong", "127.0.0.2")) for _ in range(3)]
+    guesses = [asyncio.run(password_login(lab, "wrong", "127.0.0.2")) for _ in range(3)]
     refused_first = _first_bytes(lab, "127.0.0.2")
-    other_address = asyncio.run(_login(lab, "right", "127.0.0.1"))
-    banned_with_the_right_password = asyncio.run(_login(lab, "right", "127.0.0.2"))
+    other_address = asyncio.run(password_login(lab, "right", "127.0.0.1"))
+    while_banned = asyncio.run(password_login(lab, "right", "127.0.0.2"))
 
     assert guesses[:2] == ["denied", "denied"]
     assert refused_first == b""
     assert _first_bytes(lab, "127.0.0.1").startswith(b"SSH-2.0-")
     assert other_address == "ok"
-    assert banned_with_the_right_password != "ok"
+    assert while_banned != "ok"
 
     line = lab.wait_for_log("Banned 127.0.0.2 for 3 seconds after 3 failed logins.", 5)
     found = documented_failregex().search(line)
@@ -280,7 +258,7 @@ def test_guessing_address_is_banned_then_let_back_in(lab: ServerLab) -> None:
     deadline = time.monotonic() + 10
     after_ban = "not tried"
     while time.monotonic() < deadline:
-        after_ban = asyncio.run(_login(lab, "right", "127.0.0.2"))
+        after_ban = asyncio.run(password_login(lab, "right", "127.0.0.2"))
         if after_ban == "ok":
             break
         time.sleep(0.5)
@@ -292,11 +270,11 @@ def test_allowlisted_address_is_never_banned(lab: ServerLab) -> None:
     lab.add_user("alice", password="right")
     lab.start()
 
-    guesses = [asyncio.run(_login(lab, "wrong", "127.0.0.3")) for _ in range(4)]
+    guesses = [asyncio.run(password_login(lab, "wrong", "127.0.0.3")) for _ in range(4)]
 
     assert guesses == ["denied"] * 4
     assert _first_bytes(lab, "127.0.0.3").startswith(b"SSH-2.0-")
-    assert asyncio.run(_login(lab, "right", "127.0.0.3")) == "ok"
+    assert asyncio.run(password_login(lab, "right", "127.0.0.3")) == "ok"
     assert lab.audit_events("defense.banned") == []
     assert len(lab.audit_events("auth.failure")) == 4
 

@@ -10,30 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import asyncssh
 import pytest
 
-from operationslab import open_session, run_cli
+from operationslab import open_session, password_login, run_cli
 from serverlab import SERVICE_USER, ServerLab
 from sftpjail.cli.status import render
 from sftpjail.control import ControlResponder
-
-
-async def _guess(lab: ServerLab, source: str) -> None:
-    try:
-        async with asyncssh.connect(
-            "127.0.0.1",
-            lab.port,
-            local_addr=(source, 0),
-            username="alice",
-            password="wrong",
-            known_hosts=None,
-            client_keys=None,
-            preferred_auth="password",
-        ):
-            pass
-    except (asyncssh.Error, OSError):
-        pass
 
 
 def test_status_shows_a_live_session_and_a_ban(lab: ServerLab) -> None:
@@ -42,7 +24,7 @@ def test_status_shows_a_live_session_and_a_ban(lab: ServerLab) -> None:
     alice = lab.add_user("alice")
     lab.start()
     for _ in range(2):
-        asyncio.run(_guess(lab, "127.0.0.2"))
+        asyncio.run(password_login(lab, "wrong", "127.0.0.2"))
     session = open_session(lab, "alice", alice)
     try:
         plain = run_cli("status", "--config", str(lab.config_file))
