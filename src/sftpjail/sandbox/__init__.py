@@ -11,6 +11,10 @@ How the server uses it::
     # after login, synchronously, with the default executor shut down:
     narrow_to_home(home, read_only=False, policy=policy)
 
+The supervisor confines itself too, once its sockets are bound::
+
+    layers = enter_supervisor_sandbox(supervisor_policy(config, socket, port))
+
 `probe_kernel()` reports what the running kernel offers without enforcing
 anything; `sftpjail check` prints it and tries the sandbox in a child.
 Every failure is a `SandboxError` that says what to do.  docs/SECURITY.md
@@ -26,16 +30,24 @@ from sftpjail.sandbox._policy import (
 from sftpjail.sandbox._preload import preload_modules
 from sftpjail.sandbox._process import drop_privileges
 from sftpjail.sandbox._report import EnforcedLayers, KernelReport, probe_kernel
+from sftpjail.sandbox._supervisor import (
+    SupervisorPolicy,
+    enter_supervisor_sandbox,
+    supervisor_policy,
+)
 
 __all__ = [
     "EnforcedLayers",
     "KernelReport",
+    "SupervisorPolicy",
     "WorkerPolicy",
     "default_read_only_paths",
     "drop_privileges",
+    "enter_supervisor_sandbox",
     "enter_worker_sandbox",
     "narrow_to_home",
     "preload_modules",
     "probe_kernel",
+    "supervisor_policy",
     "worker_policy",
 ]

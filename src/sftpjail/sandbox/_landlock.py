@@ -59,6 +59,7 @@ _SYS_RESTRICT_SELF = 446
 
 _CREATE_RULESET_VERSION = 1 << 0
 _RULE_PATH_BENEATH = 1
+_RULE_NET_PORT = 2  # ABI 4
 
 # File system rights.
 EXECUTE = 1 << 0
@@ -240,6 +241,14 @@ class PathRule:
     optional: bool = False
 
 
+@dataclass(frozen=True)
+class PortRule:
+    """Allow `access` (BIND_TCP, CONNECT_TCP) on TCP port `port` (ABI 4)."""
+
+    port: int
+    access: int = CONNECT_TCP
+
+
 def probe() -> Support:
     """Ask the running kernel for its Landlock ABI version (0: none)."""
 
@@ -298,6 +307,13 @@ class _RulesetAttr(ctypes.Structure):
     )
 
 
+class _NetPortAttr(ctypes.Structure):
+    _fields_ = (
+        ("allowed_access", ctypes.c_uint64),
+        ("port", ctypes.c_uint64),
+    )
+
+
 class _PathBeneathAttr(ctypes.Structure):
     _pack_ = 1  # the kernel's struct is packed: 12 bytes, no padding
     _fields_ = (
@@ -306,17 +322,23 @@ class _PathBeneathAttr(ctypes.Structure):
     )
 
 
-def enforce(rights: Rights, rules: Iterable[PathRule]) -> None:
+def enforce(
+    rights: Rights, rules: Iterable[PathRule], ports: Iterable[PortRule] = ()
+) -> None:
     """Stack one Landlock layer on this thread: `rules` allowed, rest denied.
 
     The caller must already have set no_new_privs.  TCP bind and connect
-    (when the ABI has them) are handled with no rule, so both are denied.
+    (when the ABI has them) are handled, so both are denied except on the
+    `ports` given; on a kernel without them the port rules have no object.
     """
 
     ruleset = _create_ruleset(rights)
     try:
         for rule in rules:
             _add_path_rule(ruleset, rule, rights.fs)
+        if rights.net:
+            for port in ports:
+                _add_port_rule(ruleset, port, rights.net)
         _restrict_self(ruleset)
     finally:
         os.close(ruleset)
@@ -372,6 +394,22 @@ def _add_path_rule(ruleset: int, rule: PathRule, handled: int) -> None:
         ) from None
     finally:
         os.close(parent)
+
+
+def _add_port_rule(ruleset: int, rule: PortRule, handled: int) -> None:
+    attributes = _NetPortAttr(rule.access & handled, rule.port)
+    try:
+        syscall(
+            _SYS_ADD_RULE,
+            ruleset,
+            _RULE_NET_PORT,
+            ctypes.c_void_p(ctypes.addressof(attributes)),
+            0,
+        )
+    except SystemCallError as error:
+        raise SandboxError(
+            f"cannot add the Landlock rule for TCP port {rule.port}: {error.strerror}"
+        ) from None
 
 
 def _restrict_self(ruleset: int) -> None:

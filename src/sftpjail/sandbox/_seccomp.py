@@ -219,9 +219,15 @@ def probe() -> Support:
 
 
 class Filter:
-    """The worker's filter, built in memory; `load` enforces it."""
+    """The worker's filter, built in memory; `load` enforces it.
 
-    def __init__(self) -> None:
+    Another process (the supervisor) builds its own from another table of
+    `denials` and adds its own argument rules through `deny_if`.
+    """
+
+    def __init__(
+        self, denials: tuple[Denial, ...] = DENIED, *, worker_arguments: bool = True
+    ) -> None:
         if _BINDING is None:
             raise RuntimeError(_BINDING_PROBLEM)
         self._seccomp = _BINDING
@@ -229,10 +235,31 @@ class Filter:
         self.unknown: list[str] = []
 
         self._filter.set_attr(_BINDING.Attr.ACT_BADARCH, self._errno(errno.ENOSYS))
-        for denial in DENIED:
+        for denial in denials:
             for name in denial.syscalls:
                 self._add(self._errno(errno.EPERM), name)
-        self._add_argument_rules()
+        if worker_arguments:
+            self._add_argument_rules()
+
+    def deny_if(
+        self, number: int, name: str, argument: int, comparison: str, *values: int
+    ) -> None:
+        """Fail `name` with errno `number` when `argument` `comparison` `values`.
+
+        `comparison` names a libseccomp operator: "EQ", "GT", "MASKED_EQ"
+        (whose values are the mask and the value), ...
+        """
+
+        operator = getattr(self._seccomp, comparison)
+        check = self._seccomp.Arg(argument, operator, *values)
+        self._add(self._errno(number), name, check)
+
+    def deny_new_namespaces(self) -> None:
+        """Fail clone with a namespace flag, and clone3 (flags out of sight)."""
+
+        for flag in _NAMESPACE_FLAGS:
+            self.deny_if(errno.EPERM, "clone", 0, "MASKED_EQ", flag, flag)
+        self._add(self._errno(errno.ENOSYS), "clone3")
 
     def load(self) -> None:
         """Enforce the filter on this process for good (sets no_new_privs)."""
@@ -248,9 +275,7 @@ class Filter:
             self._add(self._errno(errno.EAFNOSUPPORT), name, not_unix)
 
         self._add(eperm, "clone", arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
-        for flag in _NAMESPACE_FLAGS:
-            self._add(eperm, "clone", arg(0, seccomp.MASKED_EQ, flag, flag))
-        self._add(self._errno(errno.ENOSYS), "clone3")
+        self.deny_new_namespaces()
 
         # The kernel reads an ioctl request as 32 bits: compare only those,
         # or a request with junk in the upper half would slip through.
