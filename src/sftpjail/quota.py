@@ -121,6 +121,8 @@ def measure_home(
     incomplete count.
     """
 
+    # XXX Should a very large home be measured in steps of the supervisor's
+    # loop, so that other logins are not held up while it is walked?
     usage = Usage()
     walk = _Walk(usage, max_entries)
     root = os.open(home, _DIRECTORY_FLAGS)
