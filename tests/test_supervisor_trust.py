@@ -35,7 +35,6 @@ from serverlab import ClientKey, ServerLab, ensure_service_user, make_lab_root
 from sftpjail import ipc
 from sftpjail.audit import configure_audit
 from sftpjail.config import load_config
-from sftpjail.errors import HomeError
 from sftpjail.supervisor import Session, Supervisor
 
 MAX_AUTH_ATTEMPTS = 3
@@ -389,11 +388,6 @@ def test_a_closed_link_ends_the_session_quietly(scene: Scene) -> None:
         impostor.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=HomeError,
-    reason="supervisor.py lets HomeError from ensure_home end its loop",
-)
 def test_a_home_that_cannot_be_made_refuses_that_login_only(scene: Scene) -> None:
     # A user whose home holds bob's (homes may nest) can do this to it; so
     # can an operator's mistake.

@@ -64,6 +64,7 @@ from sftpjail.control import (
 )
 from sftpjail.defense import BANNED, Ban, defense_from_settings
 from sftpjail.exchange import ExchangeListener
+from sftpjail.errors import HomeError
 from sftpjail.homes import ensure_home
 from sftpjail.hostkeys import load_host_keys
 from sftpjail.metrics import Metrics, MetricsResponder
@@ -653,6 +654,15 @@ class Supervisor:
             )
             self._signal_worker(session, signal.SIGKILL)
             self._forget(session, "protocol violation")
+        except Exception:
+            # Whatever one worker's message breaks ends that worker's
+            # session; the supervisor must keep serving everyone else.
+            logger.exception(
+                "Ending connection %d: handling its message failed.",
+                session.connection_id,
+            )
+            self._signal_worker(session, signal.SIGKILL)
+            self._forget(session, "internal error")
 
     def _handle(self, session: Session, message: ipc.WorkerMessage) -> None:
         if isinstance(message, ipc.AuthRequest):
@@ -697,10 +707,17 @@ class Supervisor:
         reason = self._refusal_reason(session, user, request)
 
         if reason is None and user is not None:
-            home = ensure_home(self.config.data_dir, user.home, self._service_owner)
-            session.granted[user.name] = (user, request.method)
-            self._reply(session, _grant(home, user))
-            return
+            try:
+                home = ensure_home(self.config.data_dir, user.home, self._service_owner)
+            except (HomeError, OSError) as error:
+                # A home replaced by a link or a file (by another user whose
+                # home contains it, or by hand) refuses this login only.
+                logger.error("Refused the login of %s: %s", request.user, error)
+                reason = "home unavailable"
+            else:
+                session.granted[user.name] = (user, request.method)
+                self._reply(session, _grant(home, user))
+                return
 
         session.failures += 1
         self.metrics.authentication(request.method, accepted=False)
