@@ -404,8 +404,10 @@ class SessionServer(asyncssh.SSHServer):
             return False
 
         if reply.get("disconnect") and self._connection is not None:
-            asyncio.get_running_loop().call_soon(
-                self._connection.disconnect,
+            # Disconnect before asyncssh answers "failure": a client that
+            # saw the failure first would race its next guess against the
+            # disconnect and could report a broken pipe instead of why.
+            self._connection.disconnect(
                 asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                 "Too many authentication failures",
             )
