@@ -8,6 +8,8 @@ verdict per attempt, which the test compares.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from serverlab import ServerLab, descendants
 from sftpjail.sandbox import probe_kernel
 
 KERNEL = probe_kernel()
@@ -32,7 +35,7 @@ from sftpjail.sandbox import enter_supervisor_sandbox, supervisor_policy
 
 config = load_config(Path(sys.argv[1]))
 allowed, other = int(sys.argv[2]), int(sys.argv[3])
-policy = supervisor_policy(config, config.state_dir / "control.sock", allowed)
+policy = supervisor_policy(config, config.state_dir / "control.sock", (allowed,))
 layers = enter_supervisor_sandbox(policy)
 verdicts = {"layers": layers.describe()}
 
@@ -131,3 +134,40 @@ def test_the_supervisor_reaches_the_database_port_and_its_own_files_only(
         "unshare": "EPERM",
         "start a python": "child ran",
     }
+
+
+# -- the real server --------------------------------------------------------
+
+
+def _zygote_of(lab: ServerLab) -> int:
+    assert lab.process is not None
+    for pid in descendants(lab.process.pid):
+        if b"sftpjail.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    raise AssertionError("no zygote")
+
+
+def test_the_sandboxed_supervisor_serves_reloads_and_restarts_its_zygote(
+    lab: ServerLab,
+) -> None:
+    alice = lab.add_user("alice")
+    lab.start()
+    line = lab.wait_for_log("Supervisor sandboxed: ", 10)
+    assert lab.process is not None
+    status = Path(f"/proc/{lab.process.pid}/status").read_text()
+
+    os.kill(_zygote_of(lab), signal.SIGKILL)
+    lab.wait_for_log("starting a new one", 10)
+    after_restart = lab.sftp("alice", "pwd\n", key=alice)
+    bob = lab.add_user("bob")
+    lab.process.send_signal(signal.SIGHUP)
+    lab.wait_for_log("Reloaded 2 users", 10)
+    new_user = lab.sftp("bob", "pwd\n", key=bob)
+    code = lab.stop()
+
+    assert "landlock abi" in line and "seccomp" in line
+    assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status
+    assert after_restart.returncode == 0, after_restart.stderr
+    assert new_user.returncode == 0, new_user.stderr
+    assert code == 0
+    assert not (lab.state_dir / "control.sock").exists()

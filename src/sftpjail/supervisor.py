@@ -31,6 +31,12 @@ Around that core, all in the same loop:
   inotify event reloads the users file; sessions of users that were
   removed, disabled or have expired get an `end` message, then SIGTERM
   and SIGKILL through their pidfd if they linger.
+* **Replicas** (`sftpjail.store.link`): with `[database] url` set, users
+  and bans come from PostgreSQL and change notices arrive on a LISTEN
+  connection in this loop; while the database is away, logins are
+  refused and the sessions already open carry on.
+* **Its own sandbox** (`sftpjail.sandbox`): once every socket is bound
+  and the zygote runs, `run` confines the supervisor itself.
 * **Local services** (`sftpjail.exchange`): the control socket
   (`sftpjail.control`, status and reload) and the optional Prometheus
   endpoint (`sftpjail.metrics`) answer one request per connection.
@@ -44,16 +50,18 @@ import itertools
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftpjail import ipc
+from sftpjail import ipc, sandbox
 from sftpjail.audit import audit, audit_descriptors
 from sftpjail.config import Config, ListenAddress
 from sftpjail.control import (
@@ -62,15 +70,18 @@ from sftpjail.control import (
     control_socket_path,
     peer_is_trusted,
 )
-from sftpjail.defense import BANNED, Ban, defense_from_settings
-from sftpjail.exchange import ExchangeListener
+from sftpjail.defense import BANNED, Ban, Defense, defense_from_settings
 from sftpjail.errors import HomeError
+from sftpjail.exchange import ExchangeListener
 from sftpjail.homes import ensure_home
 from sftpjail.hostkeys import load_host_keys
 from sftpjail.metrics import Metrics, MetricsResponder
 from sftpjail.passwords import equalize_timing, verify_password
 from sftpjail.quota import QuotaLedger, QuotaLimits
 from sftpjail.reload import FileSignature, LiveSession, UsersWatch, sessions_to_end
+from sftpjail.store.link import DatabaseLink
+from sftpjail.store.postgres import tcp_ports
+from sftpjail.store.shared import SharedStore
 from sftpjail.users import User, UsersFile, login_refusal
 
 logger = logging.getLogger("sftpjail.supervisor")
@@ -90,6 +101,8 @@ _SWEEP_INTERVAL = 5.0
 _RELOAD_SETTLE = 0.2
 # Distinct "operation:result" counters one session may report.
 _MAX_OPERATION_KINDS = 128
+# The audit reason of a login refused while the shared store is away.
+_DATABASE_UNREACHABLE = "user database unreachable"
 
 
 @dataclass
@@ -134,10 +147,21 @@ class Supervisor:
         self._connection_ids = itertools.count(1)
         self._zygote: subprocess.Popen[bytes] | None = None
         self._zygote_link: socket.socket | None = None
+        # TMPDIR of the zygote: a zygote started again inside the sandbox
+        # still needs a writable temporary directory while importing
+        # (ctypes.util.find_library writes one), and only this one is.
+        self._zygote_scratch = Path(tempfile.mkdtemp(prefix="sftpjail-zygote-"))
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._service_owner: tuple[int, int] | None = None
         self.started_at = time.time()
         self.defense = defense_from_settings(config.defense)
+        self.database: DatabaseLink | None = None
+        if config.database.url is not None:
+            shared = SharedStore(config.database.url, config.defense)
+            self.defense = Defense(config.defense, shared.bans)
+            self.database = DatabaseLink(
+                shared, self.selector, self._schedule, self._take_users
+            )
         self.metrics = self._make_metrics()
         self.sandbox_layers: str | None = None
         self._local_services: list[ExchangeListener] = []
@@ -152,13 +176,21 @@ class Supervisor:
         """Load keys and users, bind the sockets, start the zygote."""
 
         logger.info("Starting sftpjail supervisor (pid %d).", os.getpid())
-        for host_key in load_host_keys(self.config.state_dir):
+        # A replica shares its keys with the others: making its own would
+        # give clients a different host key depending on the replica.
+        replica = self.config.replica
+        for host_key in load_host_keys(self.config.state_dir, create=not replica):
             logger.info("Host key %s.", host_key.describe())
 
         self._service_owner = _service_owner(self.config)
-        self._users_signature = FileSignature.of(self.config.users_file)
-        self.users = UsersFile(self.config.users_file).load()
-        logger.info("Loaded %d users from %s.", len(self.users), self.config.users_file)
+        if self.database is not None:
+            self.database.start()
+        else:
+            self._users_signature = FileSignature.of(self.config.users_file)
+            self.users = UsersFile(self.config.users_file).load()
+            logger.info(
+                "Loaded %d users from %s.", len(self.users), self.config.users_file
+            )
 
         for address in self.config.listen:
             self.listeners.append(_bind(address))
@@ -188,6 +220,8 @@ class Supervisor:
             self._signal_worker(session, signal.SIGKILL)
             self._forget(session, "server stopped")
         self._stop_local_services()
+        if self.database is not None:
+            self.database.close()
         if self._zygote is not None:
             self._zygote.terminate()
             try:
@@ -195,6 +229,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self._zygote.kill()
                 self._zygote.wait()
+        shutil.rmtree(self._zygote_scratch, ignore_errors=True)
         logger.info("Stopped.")
 
     def run(self) -> None:
@@ -202,9 +237,25 @@ class Supervisor:
 
         self.startup()
         try:
+            self.enter_sandbox()
             self.main_loop()
         finally:
             self.shutdown()
+
+    def enter_sandbox(self) -> None:
+        """Confine this process: every socket is bound, the zygote runs.
+
+        Not part of `startup`, so a test can run a supervisor in its own
+        process without confining itself.
+        """
+
+        url = self.config.database.url
+        ports = tcp_ports(url) if url is not None else ()
+        policy = sandbox.supervisor_policy(
+            self.config, control_socket_path(self.config), ports, self._zygote_scratch
+        )
+        layers = sandbox.enter_supervisor_sandbox(policy)
+        logger.info("Supervisor sandboxed: %s.", layers.describe())
 
     def _finished(self) -> bool:
         if not self.should_exit:
@@ -269,6 +320,8 @@ class Supervisor:
         are ended.  Returns whether the new file was taken.
         """
 
+        if self.database is not None:
+            return self.database.reload(trigger)
         logger.info("Reading the users file again after %s.", trigger)
         signature = FileSignature.of(self.config.users_file)
         try:
@@ -288,8 +341,18 @@ class Supervisor:
         self._end_refused_sessions()
         return True
 
+    def _take_users(self, users: dict[str, User]) -> None:
+        """Users read from the shared store: take them, end refused sessions."""
+
+        self.users = users
+        self.metrics.user_reloads.labels("ok").inc()
+        logger.info("Loaded %d users from the database.", len(users))
+        self._end_refused_sessions()
+
     def _reload_if_changed(self, trigger: str) -> bool:
         self._reload_pending = False
+        if self.database is not None:
+            return self.database.reload(trigger)
         if FileSignature.of(self.config.users_file) == self._users_signature:
             return False
         self.reload_users(trigger)
@@ -381,7 +444,7 @@ class Supervisor:
             )
             logger.info("Serving metrics on http://%s/metrics.", address)
 
-        if self.config.watch_users_file:
+        if self.config.watch_users_file and self.database is None:
             self._watch_users_file()
         self._schedule(_SWEEP_INTERVAL, self._sweep)
 
@@ -428,6 +491,7 @@ class Supervisor:
             "sandbox": self.sandbox_layers,
             "require_kernel_jail": self.config.require_kernel_jail,
             "defense": self.config.defense.enabled,
+            "database": _database_state(self.database),
         }
         bans = [
             {
@@ -480,8 +544,12 @@ class Supervisor:
         for fd in extra_audit:
             command += ["--audit-fd", str(fd)]
 
+        environment = {**os.environ, "TMPDIR": str(self._zygote_scratch)}
         self._zygote = subprocess.Popen(
-            command, pass_fds=[theirs.fileno(), *extra_audit], close_fds=True
+            command,
+            pass_fds=[theirs.fileno(), *extra_audit],
+            close_fds=True,
+            env=environment,
         )
         theirs.close()
         self._zygote_link = ours
@@ -703,8 +771,17 @@ class Supervisor:
         if session.failures >= limits.max_auth_attempts:
             raise ipc.ProtocolError("authentication attempts after the limit")
 
-        user = self.users.get(request.user)
-        reason = self._refusal_reason(session, user, request)
+        reason: str | None
+        if self.database is not None and not self.database.connected:
+            user, reason = None, _DATABASE_UNREACHABLE
+            logger.warning(
+                "Refused the login of %s from %s: the user database is unreachable.",
+                request.user,
+                session.peer_host,
+            )
+        else:
+            user = self.users.get(request.user)
+            reason = self._refusal_reason(session, user, request)
 
         if reason is None and user is not None:
             try:
@@ -722,7 +799,10 @@ class Supervisor:
         session.failures += 1
         self.metrics.authentication(request.method, accepted=False)
         self._log_failure(session, request, reason)
-        ban = self._score_failure(session, request)
+        # The client is not to blame for an outage: nothing is scored.
+        ban = None
+        if reason != _DATABASE_UNREACHABLE:
+            ban = self._score_failure(session, request)
         exhausted = session.failures >= limits.max_auth_attempts or ban is not None
 
         # Only password guesses are slowed down: a client offering several
@@ -980,6 +1060,14 @@ def _session_status(session: Session) -> dict[str, object]:
         "bytes_out": session.bytes_out,
         "sandbox": session.sandbox,
     }
+
+
+def _database_state(database: DatabaseLink | None) -> str | None:
+    """The shared store as `status` shows it; None without one."""
+
+    if database is None:
+        return None
+    return "connected" if database.connected else "unreachable"
 
 
 def _timestamp(seconds: float) -> str:

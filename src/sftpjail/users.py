@@ -408,6 +408,30 @@ def parse_users(text: str, source: Path, *, warn: bool = True) -> dict[str, User
     return users
 
 
+def removal_matcher(key_or_fingerprint: str) -> Callable[[str], bool]:
+    """Match the key to remove, given in full or as SHA256:...; explain if not."""
+
+    try:
+        return key_matcher(key_or_fingerprint)
+    except ValueError:
+        raise UsersFileError(
+            "give the key to remove as a public key line or as its "
+            "SHA256:... fingerprint (see `sftpjail user key-list NAME`)"
+        ) from None
+
+
+def user_from_record(name: str, record: Any, source: Path) -> User:
+    """Validate one user's table as read from `source` (a file, a database).
+
+    `record` maps `User` field names to values as TOML would give them;
+    UsersFileError names the user and the problem.  Another store (see
+    `sftpjail.store.postgres_users`) validates its rows through this, so
+    it accepts exactly what a users file accepts.
+    """
+
+    return _user_from_record(name, record, source, warn=False)
+
+
 def _user_from_record(name: str, record: Any, source: Path, warn: bool) -> User:
     problem = user_name_problem(name)
     if problem is not None:
@@ -517,6 +541,18 @@ class UsersFile:
 
         self._edit(change)
 
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        """Disable a user (a running server ends their sessions) or enable them."""
+
+        def change(users: Table) -> None:
+            record = self._record(users, name)
+            if disabled:
+                record["disabled"] = True
+            elif "disabled" in record:
+                del record["disabled"]
+
+        self._edit(change)
+
     def add_key(self, name: str, key_or_line: str) -> None:
         """Add one OpenSSH public key line to a user; refuse a duplicate."""
 
@@ -541,13 +577,7 @@ class UsersFile:
     def remove_key(self, name: str, key_or_fingerprint: str) -> str:
         """Remove a key given in full or as SHA256:...; return its line."""
 
-        try:
-            matches = key_matcher(key_or_fingerprint)
-        except ValueError:
-            raise UsersFileError(
-                "give the key to remove as a public key line or as its "
-                "SHA256:... fingerprint (see `sftpjail user key-list NAME`)"
-            ) from None
+        matches = removal_matcher(key_or_fingerprint)
 
         def change(users: Table) -> str:
             keys = self._keys(users, name, create=False)

@@ -1,8 +1,10 @@
 """`sftpjail user ...` and `sftpjail hash-password`: manage the users file.
 
-Every command finds the users file the same way: `--users-file PATH`, or
-the `users_file` of the configuration named by `--config PATH` or by
-SFTPJAIL_CONFIG.  With a configuration, `user add` also creates the home.
+Every command finds the users the same way: `--users-file PATH`, or the
+store of the configuration named by `--config PATH` or by SFTPJAIL_CONFIG:
+its PostgreSQL database when `[database] url` is set (every replica then
+hears of the change), else its `users_file`.  With a configuration,
+`user add` also creates the home.
 
 Outputs are plain lines meant for scripts as much as for people: one fact
 per line, tab-separated columns, nothing secret.  A password is read from
@@ -29,6 +31,7 @@ from sftpjail.errors import ControlSocketError, HomeError, UsersFileError
 from sftpjail.homes import ensure_home
 from sftpjail.passwords import hash_password
 from sftpjail.public_keys import key_fingerprint, normalize_public_key
+from sftpjail.store.base import UserStore
 from sftpjail.users import User, UsersFile
 
 CONFIG_ENVIRONMENT_VARIABLE = "SFTPJAIL_CONFIG"
@@ -38,9 +41,9 @@ _Command = TypeVar("_Command", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class _Target:
-    """The users file a command edits, and the configuration it came from."""
+    """The users a command edits, and the configuration it came from."""
 
-    users_file: UsersFile
+    users_file: UserStore
     config: Config | None
 
 
@@ -101,11 +104,18 @@ def _locate(config_path: Path | None, users_file_path: Path | None) -> _Target:
             f"or {CONFIG_ENVIRONMENT_VARIABLE}=PATH in the environment"
         )
     config = load_config(config_path)
+    if config.database.url is not None:
+        from sftpjail.store.postgres import Database
+        from sftpjail.store.postgres_users import PostgresUserStore
+
+        return _Target(PostgresUserStore(Database(config.database.url, "cli")), config)
     return _Target(UsersFile(config.users_file), config)
 
 
 def _after_edit(target: _Target) -> None:
-    if target.config is not None:
+    # The database tells every replica itself (NOTIFY); a users file is
+    # read again by the server on the same machine when asked.
+    if target.config is not None and target.config.database.url is None:
         notify_running_server(target.config)
 
 
@@ -380,6 +390,38 @@ def change_password(
     else:
         target.users_file.set_password(name, _new_password_hash(password_stdin))
         click.echo(f"changed the password of {name}")
+    _after_edit(target)
+
+
+@user.command("disable")
+@click.argument("name")
+@_location_options
+def disable_user(
+    name: str, config_path: Path | None, users_file_path: Path | None
+) -> None:
+    """Disable user NAME: no new logins, and their sessions end.
+
+    A running server (with a database: every replica) ends the user's
+    sessions within seconds.  `sftpjail user enable NAME` undoes it.
+    """
+
+    target = _locate(config_path, users_file_path)
+    target.users_file.set_disabled(name, True)
+    click.echo(f"disabled user {name}")
+    _after_edit(target)
+
+
+@user.command("enable")
+@click.argument("name")
+@_location_options
+def enable_user(
+    name: str, config_path: Path | None, users_file_path: Path | None
+) -> None:
+    """Let user NAME log in again after `sftpjail user disable`."""
+
+    target = _locate(config_path, users_file_path)
+    target.users_file.set_disabled(name, False)
+    click.echo(f"enabled user {name}")
     _after_edit(target)
 
 

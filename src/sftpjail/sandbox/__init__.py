@@ -13,7 +13,7 @@ How the server uses it::
 
 The supervisor confines itself too, once its sockets are bound::
 
-    layers = enter_supervisor_sandbox(supervisor_policy(config, socket, port))
+    layers = enter_supervisor_sandbox(supervisor_policy(config, socket, ports))
 
 `probe_kernel()` reports what the running kernel offers without enforcing
 anything; `sftpjail check` prints it and tries the sandbox in a child.

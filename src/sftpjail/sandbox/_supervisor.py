@@ -14,8 +14,9 @@ zygote runs, when everything left to do is known:
   configuration file and the users file's directory read-only (reloads),
   `state_dir` read-only, the directory of the control socket
   read-and-remove (the socket is unlinked at shutdown), `data_dir`
-  read-write (homes and quota walks), and the few files of /etc that name
-  resolution, TLS and the service user's lookup read.
+  read-write (homes and quota walks), a private scratch directory the
+  zygote uses as TMPDIR, and the few files of /etc that name resolution,
+  TLS and the service user's lookup read.
 * Landlock, network (ABI 4): no TCP bind at all, TCP connect only to the
   database's port.  Landlock knows ports, not addresses; the host firewall
   or NetworkPolicy narrows the address (`sftpjail firewall --allow`).
@@ -46,6 +47,7 @@ from sftpjail.sandbox import _landlock, _seccomp
 from sftpjail.sandbox._enforce import check_kernel_support
 from sftpjail.sandbox._landlock import (
     EXECUTE,
+    READ_FILE,
     READ_ONLY,
     READ_WRITE,
     REMOVE_FILE,
@@ -76,7 +78,13 @@ _SYSTEM_FILES = (
     "/etc/localtime",
     "/etc/ssl",
     "/usr/share/zoneinfo",
+    "/etc/ld.so.cache",
 )
+# A new zygote's imports find libseccomp (pyseccomp) and others with
+# ctypes.util.find_library, which runs `ldconfig -p` with its standard
+# input and errors on /dev/null.
+_PROGRAMS = ("/sbin/ldconfig", "/usr/sbin/ldconfig")
+_NULL_DEVICE = "/dev/null"
 
 # The worker's denials the supervisor can live with, by reason.  It runs
 # programs and starts processes (the zygote), so those two stay allowed;
@@ -108,13 +116,25 @@ class SupervisorPolicy:
 
 
 def supervisor_policy(
-    config: Config, control_socket: Path, database_port: int | None
+    config: Config,
+    control_socket: Path,
+    database_ports: tuple[int, ...] = (),
+    scratch: Path | None = None,
 ) -> SupervisorPolicy:
-    """The supervisor's policy for `config`; the one place it is computed."""
+    """The supervisor's policy for `config`; the one place it is computed.
+
+    `scratch` is a private temporary directory, writable: a zygote started
+    again needs one while it imports.
+    """
 
     rules = [
         *(PathRule(path, READ_ONLY | EXECUTE) for path in default_read_only_paths()),
         *(PathRule(Path(path), READ_ONLY, optional=True) for path in _SYSTEM_FILES),
+        *(
+            PathRule(Path(path), READ_ONLY | EXECUTE, optional=True)
+            for path in _PROGRAMS
+        ),
+        PathRule(Path(_NULL_DEVICE), READ_FILE | WRITE_FILE, optional=True),
         PathRule(config.state_dir, READ_ONLY),
         PathRule(control_socket.parent, READ_ONLY | REMOVE_FILE),
         PathRule(config.data_dir, READ_WRITE),
@@ -123,10 +143,11 @@ def supervisor_policy(
         rules.append(PathRule(config.source, READ_ONLY))
     if config.database.url is None:
         rules.append(PathRule(config.users_file.parent, READ_ONLY))
+    if scratch is not None:
+        rules.append(PathRule(scratch, READ_WRITE))
     if config.audit_log is not None:
         rules.append(PathRule(config.audit_log, WRITE_FILE, optional=True))
-    ports = (database_port,) if database_port is not None else ()
-    return SupervisorPolicy(tuple(rules), ports, config.require_kernel_jail)
+    return SupervisorPolicy(tuple(rules), database_ports, config.require_kernel_jail)
 
 
 def enter_supervisor_sandbox(policy: SupervisorPolicy) -> EnforcedLayers:

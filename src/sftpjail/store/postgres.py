@@ -39,6 +39,8 @@ logger = logging.getLogger("sftpjail.store")
 
 Connection = psycopg.Connection[TupleRow]
 
+_DEFAULT_PORT = "5432"
+
 # What each NOTIFY channel tells its listeners has changed.
 USERS_CHANNEL = "sftpjail_users"
 BANS_CHANNEL = "sftpjail_bans"
@@ -71,6 +73,26 @@ def connection_parameters(url: str) -> dict[str, Any]:
     for key, value in _DEFAULT_PARAMETERS.items():
         parameters.setdefault(key, value)
     return parameters
+
+
+def tcp_ports(url: str) -> tuple[int, ...]:
+    """The TCP ports `url` connects to; none for Unix socket directories.
+
+    libpq takes comma-separated lists of hosts and ports (one port for all,
+    or one per host); a host starting with "/" is a socket directory.
+    """
+
+    parameters = connection_parameters(url)
+    hosts = str(parameters.get("host") or parameters.get("hostaddr") or "").split(",")
+    ports = str(parameters.get("port") or _DEFAULT_PORT).split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    found = {
+        int(port or _DEFAULT_PORT)
+        for host, port in zip(hosts, ports, strict=False)
+        if not host.startswith("/") and host != ""
+    }
+    return tuple(sorted(found))
 
 
 def redacted(url: str) -> str:

@@ -2,7 +2,7 @@
 
 One row per user in `sftpjail_users`, one column per field of
 `sftpjail.users.User`.  Every row read and every row about to be written
-goes through the users file's own field parsers (`_user_from_record`), so
+goes through the users file's own field parsers (`user_from_record`), so
 the database can hold nothing the users file would refuse, and a user
 moved from one store to the other means the same thing in both.
 
@@ -28,12 +28,17 @@ from sftpjail.errors import UnknownUserError, UserExistsError, UsersFileError
 from sftpjail.public_keys import (
     describe_key,
     key_line,
-    key_matcher,
     parse_public_key,
     same_key,
 )
 from sftpjail.store.postgres import USERS_CHANNEL, Connection, Database, notify
-from sftpjail.users import User, _user_from_record, check_user_name, default_permissions
+from sftpjail.users import (
+    User,
+    check_user_name,
+    default_permissions,
+    removal_matcher,
+    user_from_record,
+)
 
 _Result = TypeVar("_Result")
 
@@ -132,13 +137,7 @@ class PostgresUserStore:
     def remove_key(self, name: str, key_or_fingerprint: str) -> str:
         """Remove a key given in full or as SHA256:...; return its line."""
 
-        try:
-            matches = key_matcher(key_or_fingerprint)
-        except ValueError:
-            raise UsersFileError(
-                "give the key to remove as a public key line or as its "
-                "SHA256:... fingerprint (see `sftpjail user key-list NAME`)"
-            ) from None
+        matches = removal_matcher(key_or_fingerprint)
 
         def change(user: User) -> tuple[User, str]:
             for line in user.authorized_keys:
@@ -200,7 +199,7 @@ def validated(user: User) -> User:
     """`user` as the users file's parsers see it: checked and normalized."""
 
     check_user_name(user.name)
-    return _user_from_record(user.name, _record_of(user), _SOURCE, warn=False)
+    return user_from_record(user.name, _record_of(user), _SOURCE)
 
 
 def _record_of(user: User) -> dict[str, Any]:
@@ -272,7 +271,7 @@ def _user_from_row(row: tuple[Any, ...]) -> User:
     record.update({key: value for key, value in optional.items() if value is not None})
     if networks:
         record["allowed_networks"] = list(networks)
-    return _user_from_record(str(name), record, _SOURCE, warn=False)
+    return user_from_record(str(name), record, _SOURCE)
 
 
 def _utc(moment: datetime.datetime | None) -> datetime.datetime | None:
