@@ -23,7 +23,9 @@ def _config(tmp_path: Path) -> Path:
     return config
 
 
-def _db(config: Path, verb: str, url: str | None) -> subprocess.CompletedProcess[str]:
+def _db(
+    config: Path, verb: str, url: str | None, *options: str
+) -> subprocess.CompletedProcess[str]:
     environment = dict(os.environ)
     environment.pop("SFTPJAIL_DATABASE_URL", None)
     if url is not None:
@@ -31,7 +33,7 @@ def _db(config: Path, verb: str, url: str | None) -> subprocess.CompletedProcess
         secret.write_text(url + "\n")
         environment["SFTPJAIL_DATABASE_URL_FILE"] = str(secret)
     return subprocess.run(
-        [sys.executable, "-m", "sftpjail", "db", verb, "--config", str(config)],
+        [sys.executable, "-m", "sftpjail", "db", verb, *options, "--config", config],
         capture_output=True,
         text=True,
         timeout=60,
@@ -63,6 +65,19 @@ def test_init_then_status_then_migrate(database_url: str, tmp_path: Path) -> Non
     assert "up to date" in migrated.stdout
     for result in (before, created, again, after, migrated):
         assert password not in result.stdout + result.stderr
+
+
+def test_migrate_with_create_sets_up_an_empty_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    config = _config(tmp_path)
+
+    created = _db(config, "migrate", database_url, "--create")
+    again = _db(config, "migrate", database_url, "--create")
+
+    assert created.returncode == 0, created.stderr
+    assert f"applied migration {schema.LATEST_VERSION}:" in created.stdout
+    assert "up to date" in again.stdout
 
 
 def test_without_a_database_the_commands_say_how_to_set_one(tmp_path: Path) -> None:

@@ -61,16 +61,22 @@ def init(config_path: Path | None) -> None:
 
 
 @db.command("migrate")
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Create the tables too if the database has none (for a step that "
+    "runs before every start, such as a Kubernetes init container).",
+)
 @config_option
-def migrate(config_path: Path | None) -> None:
+def migrate(create: bool, config_path: Path | None) -> None:
     """Apply the migrations the database lacks, in order."""
 
     connection, where = _connect(config_path)
     with connection:
-        if schema.current_version(connection) is None:
+        if schema.current_version(connection) is None and not create:
             raise DatabaseError(
                 f"{where} has no sftpjail tables yet; create them with "
-                "`sftpjail db init`"
+                "`sftpjail db init` (or pass --create)"
             )
         applied = schema.migrate(connection)
     if not applied:
