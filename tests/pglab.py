@@ -16,7 +16,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +108,14 @@ class Cluster:
 
 
 @contextmanager
-def postgres_cluster(listen: str = "127.0.0.1") -> Iterator[Cluster]:
-    """Start a cluster with scripts/start-postgres.sh; always stop and remove it."""
+def postgres_cluster(
+    listen: str = "127.0.0.1", prefix: Sequence[str] = ()
+) -> Iterator[Cluster]:
+    """Start a cluster with scripts/start-postgres.sh; always stop and remove it.
+
+    `prefix` runs the script through another command, such as `ip netns
+    exec NAME` to start the server inside a network namespace.
+    """
 
     if BIN is None:
         pytest.skip(POSTGRES_MISSING)
@@ -118,7 +124,7 @@ def postgres_cluster(listen: str = "127.0.0.1") -> Iterator[Cluster]:
     directory = root / "pg"
     port = free_port()
     started = subprocess.run(
-        [str(START_SCRIPT), str(directory), str(port), listen],
+        [*prefix, str(START_SCRIPT), str(directory), str(port), listen],
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT,

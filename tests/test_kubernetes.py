@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -465,3 +466,138 @@ def test_firewall_component_loads_the_shipped_table(
         mount_path(firewall, rules_volume) + "/egress.nft",
     ]
     assert config_map["data"]["egress.nft"] == FIREWALL_RULES.read_text()
+
+
+# --- replicas (components/replicas, docs/scale-out.md) ---------------------
+
+REPLICAS_COMPONENT = KUSTOMIZATION / "components" / "replicas"
+SCALE_OUT_DOCS = REPOSITORY / "docs" / "scale-out.md"
+DATABASE_SECRET = "sftpjail-database"
+SCHEMA_CONTAINER = "database-schema"
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory) -> Objects:
+    """The base with the replicas component, from an operator's overlay."""
+
+    overlay = tmp_path_factory.mktemp("replicas")
+    base_path = os.path.relpath(KUSTOMIZATION, overlay)
+    component_path = os.path.relpath(REPLICAS_COMPONENT, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [base_path],
+                "components": [component_path],
+            }
+        )
+    )
+    return render(overlay)
+
+
+def _environment(item: Manifest) -> dict[str, str]:
+    return {entry["name"]: entry["value"] for entry in item.get("env", [])}
+
+
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+def test_replicas_render_valid_objects_in_the_namespace(
+    replicated: Objects, version: str
+) -> None:
+    for item in replicated:
+        kubernetes_validate.validate(item, version, strict=True)
+        if item["kind"] != "Namespace":
+            assert item["metadata"]["namespace"] == NAMESPACE, item["kind"]
+
+
+def test_checkov_passes_with_replicas(replicated: Objects, tmp_path: Path) -> None:
+    report = _checkov(replicated, KUSTOMIZATION / ".checkov.yaml", tmp_path)
+
+    assert _failed_checks(report) == []
+    assert report["summary"]["parsing_errors"] == 0
+
+
+def test_replicas_share_one_volume_and_roll_one_at_a_time(
+    replicated: Objects,
+) -> None:
+    deployment = only(replicated, "Deployment")["spec"]
+    claim = only(replicated, "PersistentVolumeClaim")["spec"]
+    budget = only(replicated, "PodDisruptionBudget")["spec"]
+    pod_labels = deployment["template"]["metadata"]["labels"]
+
+    assert deployment["replicas"] >= 2
+    assert deployment["strategy"]["type"] == "RollingUpdate"
+    assert deployment["strategy"]["rollingUpdate"]["maxUnavailable"] == 1
+    assert claim["accessModes"] == ["ReadWriteMany"]
+    assert budget["maxUnavailable"] == 1
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_replica_egress_is_the_database_and_nothing_else(
+    replicated: Objects,
+) -> None:
+    policy = only(replicated, "NetworkPolicy")["spec"]
+
+    assert "Egress" in policy["policyTypes"]
+    assert len(policy["egress"]) == 1
+    rule = policy["egress"][0]
+    assert [port["protocol"] for port in rule["ports"]] == ["TCP"]
+    assert len(rule["to"]) == 1
+    cidr = rule["to"][0]["ipBlock"]["cidr"]
+    assert cidr.endswith("/32") or cidr.endswith("/128")
+    assert "except" not in rule["to"][0]["ipBlock"]
+    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": SFTP_PORT}]}]
+
+
+def test_replicas_read_the_database_from_a_secret_and_refuse_new_keys(
+    replicated: Objects, tmp_path: Path
+) -> None:
+    spec = pod_spec(replicated)
+    server = _server(spec)
+    schema_step = container(spec, SCHEMA_CONTAINER)
+    secret_volume = volume_named(spec, secretName=DATABASE_SECRET)
+    environment = _environment(server)
+    url_file = environment["SFTPJAIL_DATABASE_URL_FILE"]
+
+    assert url_file.startswith(mount_path(server, secret_volume) + "/")
+    assert _environment(schema_step)["SFTPJAIL_DATABASE_URL_FILE"] == url_file
+    assert url_file.startswith(mount_path(schema_step, secret_volume) + "/")
+    assert schema_step["args"][:3] == ["db", "migrate", "--create"]
+    assert volume(spec, "users")["secret"]["optional"] is True
+
+    # The server's own loader, with the pod's environment and a stand-in
+    # for the mounted Secret.
+    secret = tmp_path / "url"
+    secret.write_text("postgresql://sftpjail:example@192.0.2.10:5432/sftpjail\n")
+    path = tmp_path / "config.toml"
+    path.write_text(config_text(replicated))
+    environment["SFTPJAIL_DATABASE_URL_FILE"] = str(secret)
+    config = load_config(path, environ=environment)
+    assert config.replica is True
+    assert config.database.url is not None
+    assert config.database.url.endswith("@192.0.2.10:5432/sftpjail")
+
+
+def test_replicas_drain_transfers_before_they_are_killed(
+    replicated: Objects, tmp_path: Path
+) -> None:
+    spec = pod_spec(replicated)
+    server = _server(spec)
+    path = tmp_path / "config.toml"
+    path.write_text(config_text(replicated))
+    environment = _environment(server)
+    del environment["SFTPJAIL_DATABASE_URL_FILE"]  # a Secret only the pod has
+    config = load_config(path, environ=environment)
+    pause = server["lifecycle"]["preStop"]["sleep"]["seconds"]
+
+    assert config.limits.shutdown_grace_time >= 300
+    assert spec["terminationGracePeriodSeconds"] > (
+        pause + config.limits.shutdown_grace_time
+    )
+
+
+def test_scale_out_docs_tell_how_to_create_the_database_secret() -> None:
+    docs = SCALE_OUT_DOCS.read_text()
+
+    assert f"kubectl create secret generic {DATABASE_SECRET}" in docs
+    assert "components/replicas" in docs
