@@ -33,6 +33,7 @@ from pglab import (  # noqa: F401
 )
 from serverlab import ClientKey, Result, ServerLab, ensure_service_user, make_lab_root
 from sftpjail.control import ask
+from sftpjail.store.postgres import connect
 
 BANNED_SOURCE = "127.0.0.2"
 NOTICE_TIMEOUT = 15.0
@@ -379,3 +380,24 @@ def test_a_database_outage_refuses_logins_keeps_sessions_and_heals(
     assert healed.returncode == 0, healed.stderr
     outage_lines = [line for line in replica.stderr_lines if "ERROR" in line]
     assert len(outage_lines) == 1, outage_lines
+
+
+def test_a_row_no_replica_can_read_keeps_the_users_it_had(
+    replicas: tuple[Replica, Replica], database_url: str
+) -> None:
+    first, _second = replicas
+    first.start()
+    alice = add_user(first, "alice")
+    wait_for_users(first, 1)
+
+    with connect(database_url, "test") as connection:
+        connection.execute(
+            "INSERT INTO sftpjail_users (name, home) VALUES ('mallory', '../up')"
+        )
+        connection.execute("SELECT pg_notify('sftpjail_users', 'mallory')")
+    line = first.wait_for_log("Kept the previous users", NOTICE_TIMEOUT)
+    login = first.sftp("alice", "pwd\n", key=alice)
+
+    assert 'user "mallory": home' in line
+    assert login.returncode == 0, login.stderr
+    assert first.process is not None and first.process.poll() is None

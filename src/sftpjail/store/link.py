@@ -24,7 +24,7 @@ import logging
 import selectors
 from collections.abc import Callable
 
-from sftpjail.errors import DatabaseError, DatabaseUnavailableError
+from sftpjail.errors import DatabaseError, DatabaseUnavailableError, UsersFileError
 from sftpjail.store.shared import SharedStore
 from sftpjail.users import User
 
@@ -65,7 +65,8 @@ class DatabaseLink:
         """
 
         try:
-            users = self.shared.open()
+            self.shared.open()
+            users = self.shared.users.load()
         except DatabaseUnavailableError as error:
             self._disconnected(error)
             return
@@ -95,10 +96,11 @@ class DatabaseLink:
 
     # -- connected -------------------------------------------------------
 
-    def _connected(self, users: dict[str, User]) -> None:
+    def _connected(self, users: dict[str, User] | None) -> None:
         self._registered = self.shared.fileno()
         self.selector.register(self._registered, selectors.EVENT_READ, self._on_notice)
-        self.on_users(users)
+        if users is not None:
+            self.on_users(users)
 
     def _on_notice(self) -> None:
         try:
@@ -117,7 +119,7 @@ class DatabaseLink:
         except DatabaseUnavailableError as error:
             self._disconnected(error)
             return False
-        except DatabaseError as error:
+        except (DatabaseError, UsersFileError) as error:
             logger.error("Kept the previous users: %s", error)
             return False
         self.on_users(users)
@@ -128,6 +130,8 @@ class DatabaseLink:
             self.shared.bans.refresh()
         except DatabaseUnavailableError as error:
             self._disconnected(error)
+        except DatabaseError as error:
+            logger.error("Kept the previous bans: %s", error)
 
     # -- disconnected ----------------------------------------------------
 
@@ -149,13 +153,15 @@ class DatabaseLink:
         if self._closed or self.connected:
             return
         try:
-            users = self.shared.open()
+            self.shared.open()
         except DatabaseError as error:
             self._disconnected(error)
             return
         self._outage_logged = False
-        self._connected(users)
+        self._connected(None)
         logger.info("The user database is back; accepting logins again.")
+        # Notices sent while away are lost: read the users again.
+        self._read_users()
 
     def _unregister(self) -> None:
         if self._registered is not None:

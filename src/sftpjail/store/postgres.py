@@ -149,7 +149,8 @@ class Database:
         """A connection inside one transaction, committed if the block ends.
 
         A lost connection becomes DatabaseUnavailableError (and is closed,
-        so the next use reconnects); missing tables become DatabaseError.
+        so the next use reconnects); missing tables and any other refusal
+        become DatabaseError.
         """
 
         if self._connection is None or self._connection.closed:
@@ -167,6 +168,10 @@ class Database:
             self.close()
             raise DatabaseUnavailableError(
                 f"lost the database {self.describe()}: {_first_line(error)}"
+            ) from None
+        except psycopg.Error as error:
+            raise DatabaseError(
+                f"the database {self.describe()} refused a query: {_first_line(error)}"
             ) from None
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from sftpjail.config import DefenseSettings
 from sftpjail.defense import Ban
-from sftpjail.errors import DatabaseUnavailableError
+from sftpjail.errors import DatabaseError, DatabaseUnavailableError
 from sftpjail.store.postgres import BANS_CHANNEL, Connection, Database, notify
 
 logger = logging.getLogger("sftpjail.store")
@@ -53,6 +53,9 @@ class PostgresBanStore:
                 ban = self._score(connection, source, user)
         except DatabaseUnavailableError as error:
             logger.debug("Failure from %s not scored: %s", source, error)
+            return None
+        except DatabaseError as error:
+            logger.error("Failure from %s not scored: %s", source, error)
             return None
         if ban is not None:
             self._bans[ban.source] = ban

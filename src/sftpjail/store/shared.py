@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 A replica is *connected* while its LISTEN connection is open.  `open`
 first starts listening and only then checks the schema and reads the
-users and bans, so a change committed in between still arrives as a
-notice (and costs one more read) instead of being lost.
+bans (and its caller the users), so a change committed in between still
+arrives as a notice (and costs one more read) instead of being lost.
 
 While connected, the supervisor polls `fileno()`; `pending()` says what
 changed.  A connection that breaks (the server stopped, the network
@@ -24,7 +24,6 @@ from sftpjail.store import schema
 from sftpjail.store.postgres import Database, Notifications
 from sftpjail.store.postgres_bans import PostgresBanStore
 from sftpjail.store.postgres_users import PostgresUserStore
-from sftpjail.users import User
 
 # Seconds between attempts to reconnect: soon at first, then every 10 s.
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0)
@@ -51,8 +50,8 @@ class SharedStore:
 
         return self.database.describe()
 
-    def open(self) -> dict[str, User]:
-        """Listen, check the schema, read the bans; return the users.
+    def open(self) -> None:
+        """Listen, check the schema, read the bans; read users next.
 
         Raises `DatabaseError` (or its `DatabaseUnavailableError`) and
         stays disconnected if any step fails.
@@ -63,7 +62,6 @@ class SharedStore:
         try:
             with self.database.transaction() as connection:
                 schema.require_current(connection)
-            users = self.users.load()
             self.bans.refresh()
         except BaseException:
             notifications.close()
@@ -71,7 +69,6 @@ class SharedStore:
             raise
         self._notifications = notifications
         self._failed_attempts = 0
-        return users
 
     def fileno(self) -> int:
         """The LISTEN connection's socket, for the supervisor's selector."""
