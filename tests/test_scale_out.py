@@ -278,6 +278,8 @@ def test_two_replicas_serve_as_one(
     assert back.read_bytes() == upload.read_bytes()
     assert host_key(first) == host_key(second)
     assert first.status()["server"]["database"] == "connected"  # type: ignore[index]
+    shown = sftpjail("status", "--config", str(second.config_file))
+    assert "database: connected" in shown.stdout.splitlines(), shown.stderr
 
 
 def test_disabling_a_user_through_one_replica_ends_their_sessions_on_both(

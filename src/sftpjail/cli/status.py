@@ -58,6 +58,8 @@ def render(reply: dict[str, Any]) -> list[str]:
         f"sandbox: {server.get('sandbox') or 'not reported yet (no worker ran)'}",
         f"defense: {'on' if server.get('defense') else 'off'}",
     ]
+    if server.get("database") is not None:
+        lines.append(f"database: {server['database']}")
     sessions = reply.get("sessions", [])
     lines.append(f"sessions: {len(sessions)}")
     lines += _table(_SESSION_COLUMNS, sessions)

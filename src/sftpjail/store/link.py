@@ -152,6 +152,9 @@ class DatabaseLink:
     def _retry(self) -> None:
         if self._closed or self.connected:
             return
+        # XXX Should this connect with libpq's non-blocking calls?  A
+        # database that drops packets holds the loop for connect_timeout
+        # (3 s) on each retry; one that is down answers at once.
         try:
             self.shared.open()
         except DatabaseError as error:
