@@ -736,3 +736,29 @@ def test_permissions_stay_small_enough_for_one_message(users_path: Path) -> None
         UsersFile(users_path).load()
     with pytest.raises(UsersFileError, match="longer than 255 bytes"):
         UsersFile(users_path.with_name("long.toml")).load()
+
+
+def test_disable_and_enable_keep_the_rest_of_the_file(users_path: Path) -> None:
+    _write(
+        users_path,
+        """\
+        # the drop box's users
+        [users.alice]
+        home = "alice"  # her own
+        """,
+    )
+    users_file = UsersFile(users_path)
+
+    users_file.set_disabled("alice", True)
+    disabled = users_file.get("alice").disabled
+    text_while_disabled = users_path.read_text()
+    users_file.set_disabled("alice", False)
+
+    assert disabled is True
+    assert "disabled = true" in text_while_disabled
+    assert users_file.get("alice").disabled is False
+    assert "disabled" not in users_path.read_text()
+    assert "# the drop box's users" in users_path.read_text()
+    assert "# her own" in users_path.read_text()
+    with pytest.raises(UnknownUserError):
+        users_file.set_disabled("bob", True)
