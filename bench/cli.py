@@ -8,6 +8,7 @@ prerequisite, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -68,9 +69,21 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--keep", action="store_true", help="keep the run's files for inspection"
     )
     parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="RESULTS",
+        help="measure nothing: redo the Markdown, chart and docs of a results file",
+    )
+    parser.add_argument(
         "--sftpjail-revision",
         metavar="REV",
         help="run sftpjail from this commit's src/ (default: the working tree)",
+    )
+    parser.add_argument(
+        "--sftpjail-source",
+        type=Path,
+        metavar="DIR",
+        help="run sftpjail from DIR/sftpjail, e.g. a patched copy of src/",
     )
     return parser.parse_args(argv)
 
@@ -123,6 +136,17 @@ def check_prerequisites() -> str | None:
     return None
 
 
+def _render_only(arguments: argparse.Namespace) -> None:
+    results: Path = arguments.from_json
+    document = json.loads(results.read_text())
+    output = runner.Output(
+        results_dir=results.parent,
+        chart=not arguments.no_chart,
+        docs=DEFAULT_DOCS if arguments.update_docs else None,
+    )
+    runner.write_outputs(document, output, stem=results.stem)
+
+
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -135,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     arguments = parse_arguments(argv)
     settings = settings_from(arguments)
+    if arguments.from_json is not None:
+        _render_only(arguments)
+        return
     problem = check_prerequisites()
     if problem is not None:
         print(f"bench: {problem}", file=sys.stderr)
@@ -148,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         keep_workspace=arguments.keep,
         workspace_parent=arguments.workspace,
         sftpjail_revision=arguments.sftpjail_revision,
+        sftpjail_source=arguments.sftpjail_source,
     )
     try:
         document = runner.run(settings, output)

@@ -222,3 +222,10 @@ def sessions(target: Target, count: int) -> Iterator[list[SftpSession]]:
         session.end_batch()
     for session in pool:
         session.close()
+
+
+def log_in_once(target: Target, timeout: float) -> float:
+    """One login and logout; returns the login's seconds."""
+
+    with sessions(target, 1) as (session,):
+        return session.wait_logged_in(timeout)

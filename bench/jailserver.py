@@ -42,6 +42,7 @@ class SftpjailServer(BenchServer):
     """`python -m sftpjail serve` on 127.0.0.1 with its own data directory."""
 
     name = "sftpjail"
+    shared_levels = 2  # the supervisor and its zygote
 
     def __init__(self, root: Path, source: Path | None = None) -> None:
         super().__init__(root)

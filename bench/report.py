@@ -49,7 +49,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"{machine['kernel']}; {machine['openssh']}; Python {machine['python']}, "
         f"asyncssh {machine['asyncssh']}, cryptography {machine['cryptography']}. "
         f"sftpjail at {machine.get('sftpjail', 'unknown')}; load average "
-        f"{machine['load_average']} when the run began.",
+        f"{machine.get('load_average', 'unknown')} when the run began.",
         "",
         "| Measure | Unit | OpenSSH | sftpjail | sftpjail/OpenSSH | Target | Met |",
         "|---|---|--:|--:|--:|---|---|",
@@ -102,20 +102,36 @@ def write_chart(document: dict[str, Any], path: Path) -> bool:
 
     rows = [metric for metric in document["metrics"] if metric["ratio"] is not None]
     colours = {True: "tab:green", False: "tab:red", None: "tab:gray"}
-    figure, axes = pyplot.subplots(figsize=(9, 0.38 * len(rows) + 1.6))
-    names = [metric["title"] for metric in rows]
+    figure, axes = pyplot.subplots(figsize=(10, 0.34 * len(rows) + 1.4))
+    ratios = [metric["ratio"] for metric in rows]
+    # Bars grow from 1.0 on a log scale, so 0.5x and 2x look equally far.
     axes.barh(
-        names,
-        [metric["ratio"] for metric in rows],
+        [metric["title"] for metric in rows],
+        [ratio - 1.0 for ratio in ratios],
+        left=1.0,
         color=[colours[metric["met"]] for metric in rows],
     )
+    axes.set_xscale("log")
+    for position, ratio in enumerate(ratios):
+        axes.annotate(
+            f"{ratio:.2f}x",
+            (ratio, position),
+            xytext=(3 if ratio >= 1 else -3, 0),
+            textcoords="offset points",
+            ha="left" if ratio >= 1 else "right",
+            va="center",
+            fontsize=8,
+        )
     axes.axvline(1.0, color="black", linewidth=0.8)
     axes.invert_yaxis()
-    axes.set_xlabel("sftpjail / OpenSSH (green: target met, red: not met)")
-    machine = document["machine"]
-    axes.set_title(
-        f"sftpjail vs OpenSSH internal-sftp, {machine['cpus']} CPUs, {machine['date']}"
+    axes.set_xlabel(
+        "sftpjail / OpenSSH, log scale (green: target met, red: not met, "
+        "grey: no target)"
     )
+    machine = document["machine"]
+    axes.set_title(f"sftpjail vs OpenSSH, {machine['cpus']} CPUs, {machine['date']}")
+    low, high = min(ratios), max(ratios)
+    axes.set_xlim(min(low, 1.0) / 1.6, max(high, 1.0) * 1.6)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine, report, sessions, transfers, trees
-from bench.client import ClientError
-from bench.context import BenchError, Context, logger
+from bench.client import ClientError, log_in_once
+from bench.context import LOGIN_TIMEOUT, BenchError, Context, logger
 from bench.jailserver import SftpjailServer, describe_revision, export_revision
 from bench.metrics import Metric
 from bench.openssh import OpenSSHServer
@@ -47,17 +47,22 @@ class Output:
     keep_workspace: bool = False
     workspace_parent: Path = DEFAULT_PARENT
     sftpjail_revision: str | None = None
+    sftpjail_source: Path | None = None
 
 
 def run(settings: Settings, output: Output) -> dict[str, Any]:
     """Measure both servers; write and return the results document."""
 
     description = machine.describe()
-    description["sftpjail"] = describe_revision(output.sftpjail_revision)
+    description["sftpjail"] = (
+        f"{output.sftpjail_source} (a source tree)"
+        if output.sftpjail_source is not None
+        else describe_revision(output.sftpjail_revision)
+    )
     workspace = Workspace(output.workspace_parent)
     servers: list[BenchServer] = []
     try:
-        source = None
+        source = output.sftpjail_source
         if output.sftpjail_revision is not None:
             source = export_revision(
                 output.sftpjail_revision, workspace.root / "snapshot"
@@ -71,6 +76,10 @@ def run(settings: Settings, output: Output) -> dict[str, Any]:
             server.start()
             logger.info("Started %s on port %d.", server.name, server.port)
         context = Context(settings, workspace, servers)
+        for server in servers:
+            # sftpjail's zygote may still be importing when the supervisor
+            # says it is ready; no scenario should time that.
+            log_in_once(context.target(server), LOGIN_TIMEOUT)
         metrics, errors = _run_scenarios(context)
     finally:
         for server in servers:
@@ -83,7 +92,7 @@ def run(settings: Settings, output: Output) -> dict[str, Any]:
     document = report.results_document(
         description, settings.describe(), metrics, errors
     )
-    _write_outputs(document, output)
+    write_outputs(document, output)
     return document
 
 
@@ -102,10 +111,15 @@ def _run_scenarios(context: Context) -> tuple[list[Metric], dict[str, str]]:
     return metrics, errors
 
 
-def _write_outputs(document: dict[str, Any], output: Output) -> None:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+def write_outputs(
+    document: dict[str, Any], output: Output, stem: str | None = None
+) -> None:
+    """JSON (unless it exists), Markdown, chart, and the docs if asked."""
+
+    stamp = stem or time.strftime("%Y%m%d-%H%M%S")
     json_path = output.results_dir / f"{stamp}.json"
-    report.write_json(document, json_path)
+    if not json_path.exists():
+        report.write_json(document, json_path)
     block = report.markdown(document)
     (output.results_dir / f"{stamp}.md").write_text(block)
     logger.info("Wrote %s.", json_path)

@@ -7,9 +7,9 @@ directory below the run's root; its stderr goes to a file there (a pipe
 nobody reads would eventually stop the server) and it is ready once that
 file shows the server's "listening" line.
 
-`shared_pids` are the processes that exist before any client connects
-(sshd's listener; sftpjail's supervisor and zygote).  Every other process
-of the tree belongs to one session, which is how the memory scenario
+The top `shared_levels` levels of the process tree serve every client
+(sshd's listener; sftpjail's supervisor and its zygote).  Every process
+below them belongs to one session, which is how the memory scenario
 charges memory to sessions.
 """
 
@@ -40,6 +40,7 @@ class BenchServer(ABC):
     """One server process tree on 127.0.0.1, owned by the benchmark."""
 
     name: str
+    shared_levels = 1
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -47,7 +48,6 @@ class BenchServer(ABC):
         self.log_path = root / "server.log"
         self.stdout_path = root / "stdout.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self.shared_pids: set[int] = set()
 
     @property
     @abstractmethod
@@ -90,21 +90,32 @@ class BenchServer(ABC):
                 env=self.environment(),
             )
         self._wait_until_ready()
-        self.shared_pids = set(procfs.descendants(self.root_pid))
 
     @property
     def root_pid(self) -> int:
         assert self.process is not None, "the server is not running"
         return self.process.pid
 
+    def shared_pids(self) -> list[int]:
+        """The processes that serve every session, root first."""
+
+        children = procfs.children_map()
+        level = [self.root_pid]
+        shared: list[int] = []
+        for _ in range(self.shared_levels):
+            shared += level
+            level = [child for pid in level for child in children.get(pid, [])]
+        return shared
+
     def session_groups(self) -> list[list[int]]:
         """The processes of each connected session, one list a session."""
 
         children = procfs.children_map()
+        shared = self.shared_pids()
         groups = []
-        for parent in sorted(self.shared_pids):
+        for parent in shared:
             for child in sorted(children.get(parent, [])):
-                if child not in self.shared_pids:
+                if child not in shared:
                     groups.append(procfs.descendants(child, children))
         return groups
 

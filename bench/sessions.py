@@ -124,7 +124,7 @@ def _measure_idle(server: BenchServer, count: int, metrics: dict[str, Metric]) -
             f"{count} idle sessions"
         )
     shared = procfs.NO_MEMORY
-    for pid in server.shared_pids:
+    for pid in server.shared_pids():
         shared += procfs.memory_of(pid)
     total = shared
     for group in groups:
