@@ -132,7 +132,7 @@ _password_stdin_option = click.option(
 def _password_from_stdin() -> str:
     """The first line of standard input, without its line ending."""
 
-    line = click.get_text_stream("stdin").readline()
+    line = sys.stdin.readline()
     password = line.removesuffix("\n").removesuffix("\r")
     if not password:
         raise click.UsageError("no password on standard input; send it as one line")
