@@ -94,7 +94,7 @@ class Rig:
         while not until():
             if time.monotonic() > deadline:
                 raise AssertionError("the supervisor never got there")
-            wait = self.supervisor._run_due_timers()
+            wait = self.supervisor.timers.run_due()
             for key, _events in self.supervisor.selector.select(min(wait or 0, 0.05)):
                 handler: Callable[[], None] = key.data
                 handler()

@@ -45,7 +45,6 @@ Around that core, all in the same loop:
 from __future__ import annotations
 
 import errno
-import heapq
 import itertools
 import logging
 import os
@@ -82,6 +81,7 @@ from sftpjail.reload import FileSignature, LiveSession, UsersWatch, sessions_to_
 from sftpjail.store.link import DatabaseLink
 from sftpjail.store.postgres import tcp_ports
 from sftpjail.store.shared import SharedStore
+from sftpjail.timers import Timers
 from sftpjail.users import User, UsersFile, login_refusal
 
 logger = logging.getLogger("sftpjail.supervisor")
@@ -142,8 +142,7 @@ class Supervisor:
         self.users: dict[str, User] = {}
         self.should_exit = False
         self.shutdown_deadline: float | None = None
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._timer_order = itertools.count()
+        self.timers = Timers()
         self._connection_ids = itertools.count(1)
         self._zygote: subprocess.Popen[bytes] | None = None
         self._zygote_link: socket.socket | None = None
@@ -160,7 +159,7 @@ class Supervisor:
             shared = SharedStore(config.database.url, config.defense)
             self.defense = Defense(config.defense, shared.bans)
             self.database = DatabaseLink(
-                shared, self.selector, self._schedule, self._take_users
+                shared, self.selector, self.timers.schedule, self._take_users
             )
         self.metrics = self._make_metrics()
         self.sandbox_layers: str | None = None
@@ -208,7 +207,7 @@ class Supervisor:
         """Serve until asked to stop and every session has ended."""
 
         while not self._finished():
-            timeout = self._run_due_timers()
+            timeout = self.timers.run_due()
             for key, _events in self.selector.select(timeout):
                 handler: Callable[[], None] = key.data
                 handler()
@@ -303,7 +302,7 @@ class Supervisor:
             self.selector.unregister(listener)
             listener.close()
         self.listeners.clear()
-        self._schedule(grace, self._end_remaining_sessions)
+        self.timers.schedule(grace, self._end_remaining_sessions)
 
     def _end_remaining_sessions(self) -> None:
         if self.sessions:
@@ -362,7 +361,7 @@ class Supervisor:
         assert self._users_watch is not None
         if self._users_watch.changed() and not self._reload_pending:
             self._reload_pending = True
-            self._schedule(_RELOAD_SETTLE, self._reload_after_file_event)
+            self.timers.schedule(_RELOAD_SETTLE, self._reload_after_file_event)
 
     def _reload_after_file_event(self) -> None:
         self._reload_if_changed("a change of the file")
@@ -371,7 +370,7 @@ class Supervisor:
         """End sessions whose user expired meanwhile; then wait again."""
 
         self._end_refused_sessions()
-        self._schedule(_SWEEP_INTERVAL, self._sweep)
+        self.timers.schedule(_SWEEP_INTERVAL, self._sweep)
 
     def _end_refused_sessions(self) -> None:
         live = [
@@ -404,13 +403,13 @@ class Supervisor:
             session.link.send(ipc.encode({"type": "end", "reason": reason}))
         except OSError:
             pass
-        self._schedule(_END_GRACE, lambda: self._stop_worker(session))
+        self.timers.schedule(_END_GRACE, lambda: self._stop_worker(session))
 
     def _stop_worker(self, session: Session) -> None:
         if session.connection_id not in self.sessions:
             return
         self._signal_worker(session, signal.SIGTERM)
-        self._schedule(
+        self.timers.schedule(
             _KILL_AFTER_TERM, lambda: self._signal_worker(session, signal.SIGKILL)
         )
 
@@ -427,7 +426,7 @@ class Supervisor:
             ExchangeListener(
                 bind_control_socket(path),
                 self.selector,
-                self._schedule,
+                self.timers.schedule,
                 control,
                 admit=peer_is_trusted,
             )
@@ -439,14 +438,14 @@ class Supervisor:
             endpoint = MetricsResponder(self.metrics)
             self._local_services.append(
                 ExchangeListener(
-                    _bind(address), self.selector, self._schedule, endpoint
+                    _bind(address), self.selector, self.timers.schedule, endpoint
                 )
             )
             logger.info("Serving metrics on http://%s/metrics.", address)
 
         if self.config.watch_users_file and self.database is None:
             self._watch_users_file()
-        self._schedule(_SWEEP_INTERVAL, self._sweep)
+        self.timers.schedule(_SWEEP_INTERVAL, self._sweep)
 
     def _watch_users_file(self) -> None:
         directory = self.config.users_file.parent
@@ -649,7 +648,7 @@ class Supervisor:
         finally:
             connection.close()
             theirs.close()
-        self._schedule(
+        self.timers.schedule(
             limits.login_grace_time + _GRACE_MARGIN,
             lambda: self._enforce_grace(session),
         )
@@ -813,7 +812,7 @@ class Supervisor:
             delay = min(limits.auth_failure_delay * growth, _MAX_FAILURE_DELAY)
         reply = _refusal(disconnect=exhausted)
         session.pending_reply = True
-        self._schedule(delay, lambda: self._reply(session, reply))
+        self.timers.schedule(delay, lambda: self._reply(session, reply))
 
     @staticmethod
     def _log_failure(
@@ -976,25 +975,6 @@ class Supervisor:
             duration=duration,
             reason=reason,
         )
-
-    # -- timers ----------------------------------------------------------
-
-    def _schedule(self, delay: float, action: Callable[[], None]) -> None:
-        heapq.heappush(
-            self._timers, (time.monotonic() + delay, next(self._timer_order), action)
-        )
-
-    def _run_due_timers(self) -> float | None:
-        """Run every timer that is due; return the wait until the next one."""
-
-        while self._timers:
-            when, _order, action = self._timers[0]
-            wait = when - time.monotonic()
-            if wait > 0:
-                return min(wait, 1.0)
-            heapq.heappop(self._timers)
-            action()
-        return 1.0
 
 
 def _bind(address: ListenAddress) -> socket.socket:
