@@ -35,7 +35,8 @@ from serverlab import ClientKey, ServerLab, ensure_service_user, make_lab_root
 from sftpjail import ipc
 from sftpjail.audit import configure_audit
 from sftpjail.config import load_config
-from sftpjail.supervisor import Session, Supervisor
+from sftpjail.sessions import Session
+from sftpjail.supervisor import Supervisor
 
 MAX_AUTH_ATTEMPTS = 3
 FAILURE_DELAY = 0.4

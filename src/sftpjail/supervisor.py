@@ -45,7 +45,6 @@ Around that core, all in the same loop:
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import selectors
@@ -57,7 +56,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftpjail import ipc, sandbox
@@ -77,7 +75,8 @@ from sftpjail.hostkeys import load_host_keys
 from sftpjail.metrics import Metrics, MetricsResponder
 from sftpjail.passwords import equalize_timing, verify_password
 from sftpjail.quota import QuotaLedger, QuotaLimits
-from sftpjail.reload import FileSignature, LiveSession, UsersWatch, sessions_to_end
+from sftpjail.reload import FileSignature, UsersWatch
+from sftpjail.sessions import KILL_AFTER_TERM, Session, Sessions
 from sftpjail.store.link import DatabaseLink
 from sftpjail.store.postgres import tcp_ports
 from sftpjail.store.shared import SharedStore
@@ -86,49 +85,15 @@ from sftpjail.users import User, UsersFile, login_refusal
 
 logger = logging.getLogger("sftpjail.supervisor")
 
-# A worker that has not logged in this long after the grace time is ended
-# by force; asyncssh's own login timer should have closed it already.
-_GRACE_MARGIN = 5.0
 _MAX_FAILURE_DELAY = 8.0
 _LISTEN_BACKLOG = 128
-_KILL_AFTER_TERM = 2.0
 _OVER_LIMIT_LINE = b"sftpjail: too many connections, try again later\r\n"
-# A worker told to end its session gets this long before SIGTERM.
-_END_GRACE = 2.0
 # How often logged-in users are checked against expiry dates.
 _SWEEP_INTERVAL = 5.0
 # A rename comes with several events; read the file once they settle.
 _RELOAD_SETTLE = 0.2
-# Distinct "operation:result" counters one session may report.
-_MAX_OPERATION_KINDS = 128
 # The audit reason of a login refused while the shared store is away.
 _DATABASE_UNREACHABLE = "user database unreachable"
-
-
-@dataclass
-class Session:
-    """What the supervisor knows about one connection and its worker."""
-
-    connection_id: int
-    peer_host: str
-    peer_port: int
-    link: socket.socket
-    started: float
-    pidfd: int | None = None
-    pid: int | None = None
-    user: str | None = None
-    failures: int = 0
-    granted: dict[str, tuple[User, str]] = field(default_factory=dict)
-    pending_reply: bool = False
-    bytes_in: int = 0
-    bytes_out: int = 0
-    operations: dict[str, int] = field(default_factory=dict)
-    connected_at: float = field(default_factory=time.time)
-    logged_in_at: float | None = None
-    sandbox: str | None = None
-    password_failures: int = 0
-    key_failure_user: str | None = None
-    ending: str | None = None
 
 
 class Supervisor:
@@ -138,12 +103,11 @@ class Supervisor:
         self.config = config
         self.selector = selectors.DefaultSelector()
         self.listeners: list[socket.socket] = []
-        self.sessions: dict[int, Session] = {}
+        self.timers = Timers()
+        self.sessions = Sessions(self.selector, self.timers, self._settle_forgotten)
         self.users: dict[str, User] = {}
         self.should_exit = False
         self.shutdown_deadline: float | None = None
-        self.timers = Timers()
-        self._connection_ids = itertools.count(1)
         self._zygote: subprocess.Popen[bytes] | None = None
         self._zygote_link: socket.socket | None = None
         # TMPDIR of the zygote: a zygote started again inside the sandbox
@@ -216,8 +180,7 @@ class Supervisor:
         """End the remaining workers and the zygote; close everything."""
 
         for session in list(self.sessions.values()):
-            self._signal_worker(session, signal.SIGKILL)
-            self._forget(session, "server stopped")
+            self.sessions.kill(session, "server stopped")
         self._stop_local_services()
         if self.database is not None:
             self.database.close()
@@ -262,7 +225,7 @@ class Supervisor:
         if not self.sessions:
             return True
         assert self.shutdown_deadline is not None
-        return time.monotonic() >= self.shutdown_deadline + _KILL_AFTER_TERM
+        return time.monotonic() >= self.shutdown_deadline + KILL_AFTER_TERM
 
     # -- signals ---------------------------------------------------------
 
@@ -308,7 +271,7 @@ class Supervisor:
         if self.sessions:
             logger.info("Grace time over; ending %d sessions.", len(self.sessions))
         for session in list(self.sessions.values()):
-            self._signal_worker(session, signal.SIGTERM)
+            self.sessions.signal(session, signal.SIGTERM)
 
     # -- live users --------------------------------------------------------
 
@@ -337,7 +300,7 @@ class Supervisor:
         self._users_signature = signature
         self.metrics.user_reloads.labels("ok").inc()
         logger.info("Reloaded %d users from %s.", len(users), self.config.users_file)
-        self._end_refused_sessions()
+        self.sessions.end_refused(self.users)
         return True
 
     def _take_users(self, users: dict[str, User]) -> None:
@@ -346,7 +309,7 @@ class Supervisor:
         self.users = users
         self.metrics.user_reloads.labels("ok").inc()
         logger.info("Loaded %d users from the database.", len(users))
-        self._end_refused_sessions()
+        self.sessions.end_refused(self.users)
 
     def _reload_if_changed(self, trigger: str) -> bool:
         self._reload_pending = False
@@ -369,49 +332,8 @@ class Supervisor:
     def _sweep(self) -> None:
         """End sessions whose user expired meanwhile; then wait again."""
 
-        self._end_refused_sessions()
+        self.sessions.end_refused(self.users)
         self.timers.schedule(_SWEEP_INTERVAL, self._sweep)
-
-    def _end_refused_sessions(self) -> None:
-        live = [
-            LiveSession(session.connection_id, session.user, session.peer_host)
-            for session in self.sessions.values()
-            if session.user is not None and session.ending is None
-        ]
-        for ending, reason in sessions_to_end(live, self.users):
-            self._end_session(self.sessions[ending.connection_id], reason)
-
-    def _end_session(self, session: Session, reason: str) -> None:
-        """Ask the worker to end its session; stop it by force if it lingers."""
-
-        session.ending = reason
-        audit(
-            "session.ended",
-            connection=session.connection_id,
-            user=session.user,
-            peer=session.peer_host,
-            reason=reason,
-        )
-        logger.info(
-            "Ending the session of %s from %s (connection %d): %s.",
-            session.user,
-            session.peer_host,
-            session.connection_id,
-            reason,
-        )
-        try:
-            session.link.send(ipc.encode({"type": "end", "reason": reason}))
-        except OSError:
-            pass
-        self.timers.schedule(_END_GRACE, lambda: self._stop_worker(session))
-
-    def _stop_worker(self, session: Session) -> None:
-        if session.connection_id not in self.sessions:
-            return
-        self._signal_worker(session, signal.SIGTERM)
-        self.timers.schedule(
-            _KILL_AFTER_TERM, lambda: self._signal_worker(session, signal.SIGKILL)
-        )
 
     # -- local services ----------------------------------------------------
 
@@ -509,7 +431,7 @@ class Supervisor:
         metrics.watch(
             "sftpjail_sessions_active",
             "Logged-in sessions.",
-            lambda: sum(1 for s in self.sessions.values() if s.user is not None),
+            self.sessions.logged_in,
         )
         metrics.watch(
             "sftpjail_connections_open",
@@ -633,14 +555,13 @@ class Supervisor:
             self._refuse_connection(connection, host, port, reason)
             return
 
-        connection_id = next(self._connection_ids)
-        ours, theirs = ipc.socket_pair()
-        session = Session(connection_id, host, port, ours, time.monotonic())
-        self.sessions[connection_id] = session
-        self.selector.register(
-            ours, selectors.EVENT_READ, lambda: self._on_worker_message(session)
+        session, theirs = self.sessions.open(host, port, self._on_worker_message)
+        audit(
+            "connection.accepted",
+            connection=session.connection_id,
+            peer=host,
+            port=port,
         )
-        audit("connection.accepted", connection=connection_id, peer=host, port=port)
         self.metrics.connection_accepted()
 
         try:
@@ -648,10 +569,7 @@ class Supervisor:
         finally:
             connection.close()
             theirs.close()
-        self.timers.schedule(
-            limits.login_grace_time + _GRACE_MARGIN,
-            lambda: self._enforce_grace(session),
-        )
+        self.sessions.enforce_login_grace(session, limits.login_grace_time)
 
     def _refuse_connection(
         self, connection: socket.socket, host: str, port: int, reason: str
@@ -686,16 +604,7 @@ class Supervisor:
                 session.connection_id,
                 error,
             )
-            self._forget(session, "no zygote")
-
-    def _enforce_grace(self, session: Session) -> None:
-        if session.connection_id in self.sessions and session.user is None:
-            logger.warning(
-                "Ending connection %d: no login within the grace time.",
-                session.connection_id,
-            )
-            self._signal_worker(session, signal.SIGKILL)
-            self._forget(session, "login grace time exceeded")
+            self.sessions.forget(session, "no zygote")
 
     # -- talking to workers ---------------------------------------------
 
@@ -707,7 +616,7 @@ class Supervisor:
         except OSError:
             data = b""
         if not data:
-            self._forget(session, "closed")
+            self.sessions.forget(session, "closed")
             return
 
         try:
@@ -719,8 +628,7 @@ class Supervisor:
                 session.connection_id,
                 error,
             )
-            self._signal_worker(session, signal.SIGKILL)
-            self._forget(session, "protocol violation")
+            self.sessions.kill(session, "protocol violation")
         except Exception:
             # Whatever one worker's message breaks ends that worker's
             # session; the supervisor must keep serving everyone else.
@@ -728,8 +636,7 @@ class Supervisor:
                 "Ending connection %d: handling its message failed.",
                 session.connection_id,
             )
-            self._signal_worker(session, signal.SIGKILL)
-            self._forget(session, "internal error")
+            self.sessions.kill(session, "internal error")
 
     def _handle(self, session: Session, message: ipc.WorkerMessage) -> None:
         if isinstance(message, ipc.AuthRequest):
@@ -737,31 +644,13 @@ class Supervisor:
         elif isinstance(message, ipc.LoginNotice):
             self._confirm_login(session, message.user)
         elif isinstance(message, ipc.TransferNotice):
-            self._count_transfer(session, message)
+            grown = session.take_transfer(message)
+            self.metrics.transfer(grown.bytes_in, grown.bytes_out, grown.operations)
         elif isinstance(message, ipc.SandboxNotice):
             session.sandbox = message.layers
             self.sandbox_layers = message.layers
         elif isinstance(message, ipc.QuotaRequest):
             self._answer_quota(session, message)
-
-    def _count_transfer(self, session: Session, notice: ipc.TransferNotice) -> None:
-        """Take a worker's cumulative counters; only their growth is counted."""
-
-        grown = {
-            key: count - session.operations.get(key, 0)
-            for key, count in notice.operations.items()
-            if count > session.operations.get(key, 0)
-        }
-        if len(session.operations.keys() | grown.keys()) > _MAX_OPERATION_KINDS:
-            raise ipc.ProtocolError("too many kinds of operations")
-        grown_in = max(0, notice.bytes_in - session.bytes_in)
-        grown_out = max(0, notice.bytes_out - session.bytes_out)
-
-        session.bytes_in += grown_in
-        session.bytes_out += grown_out
-        for key, count in grown.items():
-            session.operations[key] = session.operations.get(key, 0) + count
-        self.metrics.transfer(grown_in, grown_out, grown)
 
     def _authenticate(self, session: Session, request: ipc.AuthRequest) -> None:
         limits = self.config.limits
@@ -792,7 +681,7 @@ class Supervisor:
                 reason = "home unavailable"
             else:
                 session.granted[user.name] = (user, request.method)
-                self._reply(session, _grant(home, user))
+                self.sessions.reply(session, _grant(home, user))
                 return
 
         session.failures += 1
@@ -812,7 +701,7 @@ class Supervisor:
             delay = min(limits.auth_failure_delay * growth, _MAX_FAILURE_DELAY)
         reply = _refusal(disconnect=exhausted)
         session.pending_reply = True
-        self.timers.schedule(delay, lambda: self._reply(session, reply))
+        self.timers.schedule(delay, lambda: self.sessions.reply(session, reply))
 
     @staticmethod
     def _log_failure(
@@ -851,12 +740,9 @@ class Supervisor:
         """Count the ban and drop the address's other unauthenticated tries."""
 
         self.metrics.bans.inc()
-        for other in list(self.sessions.values()):
-            if other is current or other.peer_host != ban.source:
-                continue
-            if other.user is None:
-                self._signal_worker(other, signal.SIGKILL)
-                self._forget(other, "banned")
+        for other in self.sessions.from_source(ban.source):
+            if other is not current and other.user is None:
+                self.sessions.kill(other, "banned")
 
     def _refusal_reason(
         self, session: Session, user: User | None, request: ipc.AuthRequest
@@ -887,15 +773,6 @@ class Supervisor:
         offered = _key_identity(request.credential)
         return any(_key_identity(line) == offered for line in user.authorized_keys)
 
-    def _reply(self, session: Session, message: dict[str, object]) -> None:
-        session.pending_reply = False
-        if session.connection_id not in self.sessions:
-            return
-        try:
-            session.link.send(ipc.encode(message))
-        except OSError:
-            self._forget(session, "closed")
-
     def _confirm_login(self, session: Session, user_name: str) -> None:
         grant = session.granted.get(user_name)
         if grant is None or session.user is not None:
@@ -920,9 +797,7 @@ class Supervisor:
             session.connection_id,
         )
         # The users file may have changed between the grant and now.
-        live = LiveSession(session.connection_id, user_name, session.peer_host)
-        for _ending, reason in sessions_to_end([live], self.users):
-            self._end_session(session, reason)
+        self.sessions.end_if_refused(session, self.users)
 
     # -- quotas (see sftpjail.quota) -------------------------------------
 
@@ -936,20 +811,11 @@ class Supervisor:
     def _answer_quota(self, session: Session, request: ipc.QuotaRequest) -> None:
         reply = self.quotas.handle(session.connection_id, request)
         if reply is not None:
-            self._reply(session, reply)
+            self.sessions.reply(session, reply)
 
-    def _signal_worker(self, session: Session, signum: signal.Signals) -> None:
-        # A forgotten session's pidfd is closed and its number may be reused.
-        if session.pidfd is None or session.connection_id not in self.sessions:
-            return
-        try:
-            signal.pidfd_send_signal(session.pidfd, signum)
-        except ProcessLookupError:
-            pass
+    def _settle_forgotten(self, session: Session, reason: str) -> None:
+        """What a session leaves behind: keys to score, quota books."""
 
-    def _forget(self, session: Session, reason: str) -> None:
-        if self.sessions.pop(session.connection_id, None) is None:
-            return
         if (
             reason == "closed"
             and session.user is None
@@ -962,19 +828,6 @@ class Supervisor:
             if ban is not None:
                 self._on_ban(ban, None)
         self.quotas.leave(session.connection_id)
-        self.selector.unregister(session.link)
-        session.link.close()
-        if session.pidfd is not None:
-            os.close(session.pidfd)
-        duration = round(time.monotonic() - session.started, 3)
-        audit(
-            "connection.closed",
-            connection=session.connection_id,
-            peer=session.peer_host,
-            user=session.user,
-            duration=duration,
-            reason=reason,
-        )
 
 
 def _bind(address: ListenAddress) -> socket.socket:
