@@ -360,11 +360,13 @@ class SessionServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._connection = conn
         self.link.on_end = self.end_session
+        self.ending = False
 
     def end_session(self, reason: str) -> None:
         """Disconnect the client because the supervisor ended the session."""
 
         logger.info("Ending connection %d: %s.", self.connection_id, reason)
+        self.ending = True
         if self._connection is not None:
             self._connection.disconnect(
                 asyncssh.DISC_BY_APPLICATION, f"Session ended by the server: {reason}"
@@ -464,6 +466,7 @@ class SessionServer(asyncssh.SSHServer):
         # line of our own, so the channel gets a subclass that adds one.
         channel.__class__ = SftpOnlyChannel
         channel.refuse = self.refuse  # type: ignore[attr-defined]
+        channel.server = self  # type: ignore[attr-defined]
         session = SftpOnlySession(self)
         return channel, session
 
@@ -548,15 +551,21 @@ class SftpOnlyChannel(asyncssh.SSHServerChannel[bytes]):
     """A session channel that answers every non-SFTP request with a refusal."""
 
     refuse: Any
+    server: SessionServer
     _exit_status_sent = False
 
     def close(self) -> None:
         """Report exit status 0 when SFTP ends, as OpenSSH's sftp-server does.
 
         scp in SFTP mode treats a channel closed without a status as a failed
-        transfer.
+        transfer.  When the server ends the session, nothing is sent: the
+        disconnect that follows must be the first thing the client reads,
+        or a client answering our channel close may hit the closed socket
+        before it learns why.
         """
 
+        if self.server.ending:
+            return
         if not self._exit_status_sent and self.get_subsystem() == "sftp":
             self._exit_status_sent = True
             self.exit(0)
