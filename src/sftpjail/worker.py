@@ -175,6 +175,22 @@ def prepare(config: Config, host_keys: list[HostKey]) -> WorkerContext:
     )
 
 
+def prove_sandbox(context: WorkerContext) -> str:
+    """Enter the worker sandbox in a throwaway child; describe what held.
+
+    The zygote calls this once at start-up, so a kernel that cannot
+    enforce what the configuration requires stops the server before it
+    accepts anyone, not at the first connection.  Raises `SandboxError`.
+    """
+
+    def enter() -> dict[str, Any]:
+        if context.service_owner is not None:
+            sandbox.drop_privileges(*context.service_owner)
+        return {"layers": sandbox.enter_worker_sandbox(context.policy).describe()}
+
+    return str(sandbox.run_in_child(enter)["layers"])
+
+
 def run(
     context: WorkerContext, connection_id: int, client_fd: int, link_fd: int
 ) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 from sftpjail import ipc, worker
 from sftpjail.audit import configure_audit_descriptors, configure_logging
 from sftpjail.config import Config, load_config
-from sftpjail.errors import SftpjailError
+from sftpjail.errors import SandboxError, SftpjailError
 from sftpjail.hostkeys import load_host_keys
 
 logger = logging.getLogger("sftpjail.zygote")
@@ -48,7 +48,16 @@ class Zygote:
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def run(self) -> None:
-        """Serve spawn requests until the supervisor goes away."""
+        """Prove the worker sandbox, then serve spawn requests until the
+        supervisor goes away."""
+
+        try:
+            layers = worker.prove_sandbox(self.context)
+        except SandboxError as error:
+            self.link.send(ipc.encode({"type": "failed", "error": str(error)}))
+            raise
+        logger.info("Workers are sandboxed: %s.", layers)
+        self.link.send(ipc.encode({"type": "ready", "layers": layers}))
 
         signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)

@@ -35,6 +35,7 @@ from sftpjail.sandbox._supervisor import (
     enter_supervisor_sandbox,
     supervisor_policy,
 )
+from sftpjail.sandbox._trial import run_in_child
 
 __all__ = [
     "EnforcedLayers",
@@ -48,6 +49,7 @@ __all__ = [
     "narrow_to_home",
     "preload_modules",
     "probe_kernel",
+    "run_in_child",
     "supervisor_policy",
     "worker_policy",
 ]
