@@ -14,7 +14,13 @@ changed, so the lock file's events and repeated triggers cost one stat.
 Whatever the trigger, the whole new file is validated before it replaces
 the old users.  `sessions_to_end` then names the logged-in sessions whose
 user was removed, disabled, has expired or may no longer connect from that
-address; changed keys and passwords only matter to the next login.
+address; changed keys and passwords only matter to the next login.  Expiry
+needs no trigger: the logged-in sessions are checked every few seconds.
+
+`LiveUsers` holds the users the supervisor judges logins by and does all
+of the above.  On a replica (`[database] url`) the users come from the
+shared store instead, and its change notices take the place of the file
+watch (`sftpjail.store.link`).
 """
 
 from __future__ import annotations
@@ -22,13 +28,19 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import selectors
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from inotify_simple import INotify, flags
 
-from sftpjail.users import User, login_refusal
+from sftpjail.config import Config
+from sftpjail.metrics import Metrics
+from sftpjail.store.link import DatabaseLink
+from sftpjail.store.shared import SharedStore
+from sftpjail.timers import Timers
+from sftpjail.users import User, UsersFile, login_refusal
 
 logger = logging.getLogger("sftpjail.reload")
 
@@ -42,6 +54,10 @@ _EVENTS = (
     | flags.DELETE
     | flags.ATTRIB
 )
+# A rename comes with several events; read the file once they settle.
+_RELOAD_SETTLE = 0.2
+# How often logged-in users are checked against expiry dates.
+_SWEEP_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -124,3 +140,147 @@ def sessions_to_end(
         if reason is not None:
             ending.append((session, reason))
     return ending
+
+
+class LiveUsers:
+    """The users logins are judged by, read again whenever they change.
+
+    They come from the users file or, with `[database] url`, from the
+    shared store through its `DatabaseLink`.  Whenever new users are taken,
+    and every `_SWEEP_INTERVAL` seconds for expiry dates, `on_change` gets
+    them, so that the sessions they no longer let in can be ended.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        selector: selectors.BaseSelector,
+        timers: Timers,
+        metrics: Metrics,
+        shared: SharedStore | None,
+        on_change: Callable[[Mapping[str, User]], None],
+    ) -> None:
+        self.config = config
+        self.selector = selector
+        self.timers = timers
+        self.metrics = metrics
+        self.on_change = on_change
+        self.users: dict[str, User] = {}
+        self.database: DatabaseLink | None = None
+        if shared is not None:
+            self.database = DatabaseLink(shared, selector, timers.schedule, self._take)
+        self._watch: UsersWatch | None = None
+        self._signature: FileSignature | None = None
+        self._reload_pending = False
+
+    @property
+    def unreachable(self) -> bool:
+        """True while the shared store is away: no login can be judged."""
+
+        return self.database is not None and not self.database.connected
+
+    def load(self) -> None:
+        """Read the users file, or connect to the shared store, at startup."""
+
+        if self.database is not None:
+            self.database.start()
+            return
+        self._signature = FileSignature.of(self.config.users_file)
+        self.users = UsersFile(self.config.users_file).load()
+        logger.info("Loaded %d users from %s.", len(self.users), self.config.users_file)
+
+    def reload(self, trigger: str) -> bool:
+        """Read the users file again; keep the old users if it is invalid.
+
+        Sessions of users the new file removes, disables or lets expire
+        are ended.  Returns whether the new file was taken.
+        """
+
+        if self.database is not None:
+            return self.database.reload(trigger)
+        logger.info("Reading the users file again after %s.", trigger)
+        signature = FileSignature.of(self.config.users_file)
+        try:
+            users = UsersFile(self.config.users_file).load()
+        except Exception as error:
+            # Remembered, so the same broken file is not read on every event.
+            self._signature = signature
+            self.metrics.user_reloads.labels("failed").inc()
+            logger.error(
+                "Kept the previous users: the users file is invalid: %s", error
+            )
+            return False
+
+        self.users = users
+        self._signature = signature
+        self.metrics.user_reloads.labels("ok").inc()
+        logger.info("Reloaded %d users from %s.", len(users), self.config.users_file)
+        self.on_change(self.users)
+        return True
+
+    def reload_if_changed(self, trigger: str) -> bool:
+        """Read the users again unless the file is unchanged; True if read."""
+
+        self._reload_pending = False
+        if self.database is not None:
+            return self.database.reload(trigger)
+        if FileSignature.of(self.config.users_file) == self._signature:
+            return False
+        self.reload(trigger)
+        return True
+
+    def watch(self) -> None:
+        """Watch the users file if so configured; check expiry dates often."""
+
+        if self.config.watch_users_file and self.database is None:
+            self._watch_users_file()
+        self.timers.schedule(_SWEEP_INTERVAL, self._sweep)
+
+    def close(self) -> None:
+        """Stop watching the file and close the shared store, for shutdown."""
+
+        if self._watch is not None:
+            self.selector.unregister(self._watch.fileno())
+            self._watch.close()
+            self._watch = None
+        if self.database is not None:
+            self.database.close()
+
+    def _take(self, users: dict[str, User]) -> None:
+        """Users read from the shared store: take them, end refused sessions."""
+
+        self.users = users
+        self.metrics.user_reloads.labels("ok").inc()
+        logger.info("Loaded %d users from the database.", len(users))
+        self.on_change(self.users)
+
+    def _watch_users_file(self) -> None:
+        directory = self.config.users_file.parent
+        try:
+            self._watch = UsersWatch(self.config.users_file)
+        except OSError as error:
+            logger.warning(
+                "Cannot watch %s for changes (%s); send SIGHUP after editing users.",
+                directory,
+                error.strerror,
+            )
+            return
+        self.selector.register(
+            self._watch.fileno(), selectors.EVENT_READ, self._on_file_event
+        )
+        logger.info("Watching %s for changes of the users file.", directory)
+
+    def _on_file_event(self) -> None:
+        assert self._watch is not None
+        if self._watch.changed() and not self._reload_pending:
+            self._reload_pending = True
+            self.timers.schedule(_RELOAD_SETTLE, self._reload_after_file_event)
+
+    def _reload_after_file_event(self) -> None:
+        self.reload_if_changed("a change of the file")
+
+    def _sweep(self) -> None:
+        """End sessions whose user expired meanwhile; then wait again."""
+
+        self.on_change(self.users)
+        self.timers.schedule(_SWEEP_INTERVAL, self._sweep)

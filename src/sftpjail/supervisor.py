@@ -75,23 +75,19 @@ from sftpjail.hostkeys import load_host_keys
 from sftpjail.metrics import Metrics, MetricsResponder
 from sftpjail.passwords import equalize_timing, verify_password
 from sftpjail.quota import QuotaLedger, QuotaLimits
-from sftpjail.reload import FileSignature, UsersWatch
+from sftpjail.reload import LiveUsers
 from sftpjail.sessions import KILL_AFTER_TERM, Session, Sessions
 from sftpjail.store.link import DatabaseLink
 from sftpjail.store.postgres import tcp_ports
 from sftpjail.store.shared import SharedStore
 from sftpjail.timers import Timers
-from sftpjail.users import User, UsersFile, login_refusal
+from sftpjail.users import User, login_refusal
 
 logger = logging.getLogger("sftpjail.supervisor")
 
 _MAX_FAILURE_DELAY = 8.0
 _LISTEN_BACKLOG = 128
 _OVER_LIMIT_LINE = b"sftpjail: too many connections, try again later\r\n"
-# How often logged-in users are checked against expiry dates.
-_SWEEP_INTERVAL = 5.0
-# A rename comes with several events; read the file once they settle.
-_RELOAD_SETTLE = 0.2
 # The audit reason of a login refused while the shared store is away.
 _DATABASE_UNREACHABLE = "user database unreachable"
 
@@ -105,7 +101,6 @@ class Supervisor:
         self.listeners: list[socket.socket] = []
         self.timers = Timers()
         self.sessions = Sessions(self.selector, self.timers, self._settle_forgotten)
-        self.users: dict[str, User] = {}
         self.should_exit = False
         self.shutdown_deadline: float | None = None
         self._zygote: subprocess.Popen[bytes] | None = None
@@ -117,20 +112,26 @@ class Supervisor:
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._service_owner: tuple[int, int] | None = None
         self.started_at = time.time()
-        self.defense = defense_from_settings(config.defense)
-        self.database: DatabaseLink | None = None
+        # A replica shares its users and bans with the others in a database.
+        shared = None
         if config.database.url is not None:
             shared = SharedStore(config.database.url, config.defense)
-            self.defense = Defense(config.defense, shared.bans)
-            self.database = DatabaseLink(
-                shared, self.selector, self.timers.schedule, self._take_users
-            )
+        self.defense = (
+            Defense(config.defense, shared.bans)
+            if shared is not None
+            else defense_from_settings(config.defense)
+        )
         self.metrics = self._make_metrics()
+        self.live_users = LiveUsers(
+            config,
+            self.selector,
+            self.timers,
+            self.metrics,
+            shared,
+            self.sessions.end_refused,
+        )
         self.sandbox_layers: str | None = None
         self._local_services: list[ExchangeListener] = []
-        self._users_watch: UsersWatch | None = None
-        self._users_signature: FileSignature | None = None
-        self._reload_pending = False
         self.quotas = QuotaLedger()
 
     # -- lifecycle -------------------------------------------------------
@@ -146,14 +147,7 @@ class Supervisor:
             logger.info("Host key %s.", host_key.describe())
 
         self._service_owner = _service_owner(self.config)
-        if self.database is not None:
-            self.database.start()
-        else:
-            self._users_signature = FileSignature.of(self.config.users_file)
-            self.users = UsersFile(self.config.users_file).load()
-            logger.info(
-                "Loaded %d users from %s.", len(self.users), self.config.users_file
-            )
+        self.live_users.load()
 
         for address in self.config.listen:
             self.listeners.append(_bind(address))
@@ -182,8 +176,7 @@ class Supervisor:
         for session in list(self.sessions.values()):
             self.sessions.kill(session, "server stopped")
         self._stop_local_services()
-        if self.database is not None:
-            self.database.close()
+        self.live_users.close()
         if self._zygote is not None:
             self._zygote.terminate()
             try:
@@ -245,7 +238,7 @@ class Supervisor:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self._begin_shutdown(signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
-                self.reload_users("SIGHUP")
+                self.live_users.reload("SIGHUP")
             elif signum == signal.SIGCHLD:
                 self._reap_zygote()
 
@@ -272,68 +265,6 @@ class Supervisor:
             logger.info("Grace time over; ending %d sessions.", len(self.sessions))
         for session in list(self.sessions.values()):
             self.sessions.signal(session, signal.SIGTERM)
-
-    # -- live users --------------------------------------------------------
-
-    def reload_users(self, trigger: str) -> bool:
-        """Read the users file again; keep the old users if it is invalid.
-
-        Sessions of users the new file removes, disables or lets expire
-        are ended.  Returns whether the new file was taken.
-        """
-
-        if self.database is not None:
-            return self.database.reload(trigger)
-        logger.info("Reading the users file again after %s.", trigger)
-        signature = FileSignature.of(self.config.users_file)
-        try:
-            users = UsersFile(self.config.users_file).load()
-        except Exception as error:
-            # Remembered, so the same broken file is not read on every event.
-            self._users_signature = signature
-            self.metrics.user_reloads.labels("failed").inc()
-            logger.error(
-                "Kept the previous users: the users file is invalid: %s", error
-            )
-            return False
-        self.users = users
-        self._users_signature = signature
-        self.metrics.user_reloads.labels("ok").inc()
-        logger.info("Reloaded %d users from %s.", len(users), self.config.users_file)
-        self.sessions.end_refused(self.users)
-        return True
-
-    def _take_users(self, users: dict[str, User]) -> None:
-        """Users read from the shared store: take them, end refused sessions."""
-
-        self.users = users
-        self.metrics.user_reloads.labels("ok").inc()
-        logger.info("Loaded %d users from the database.", len(users))
-        self.sessions.end_refused(self.users)
-
-    def _reload_if_changed(self, trigger: str) -> bool:
-        self._reload_pending = False
-        if self.database is not None:
-            return self.database.reload(trigger)
-        if FileSignature.of(self.config.users_file) == self._users_signature:
-            return False
-        self.reload_users(trigger)
-        return True
-
-    def _on_users_file_event(self) -> None:
-        assert self._users_watch is not None
-        if self._users_watch.changed() and not self._reload_pending:
-            self._reload_pending = True
-            self.timers.schedule(_RELOAD_SETTLE, self._reload_after_file_event)
-
-    def _reload_after_file_event(self) -> None:
-        self._reload_if_changed("a change of the file")
-
-    def _sweep(self) -> None:
-        """End sessions whose user expired meanwhile; then wait again."""
-
-        self.sessions.end_refused(self.users)
-        self.timers.schedule(_SWEEP_INTERVAL, self._sweep)
 
     # -- local services ----------------------------------------------------
 
@@ -365,25 +296,7 @@ class Supervisor:
             )
             logger.info("Serving metrics on http://%s/metrics.", address)
 
-        if self.config.watch_users_file and self.database is None:
-            self._watch_users_file()
-        self.timers.schedule(_SWEEP_INTERVAL, self._sweep)
-
-    def _watch_users_file(self) -> None:
-        directory = self.config.users_file.parent
-        try:
-            self._users_watch = UsersWatch(self.config.users_file)
-        except OSError as error:
-            logger.warning(
-                "Cannot watch %s for changes (%s); send SIGHUP after editing users.",
-                directory,
-                error.strerror,
-            )
-            return
-        self.selector.register(
-            self._users_watch.fileno(), selectors.EVENT_READ, self._on_users_file_event
-        )
-        logger.info("Watching %s for changes of the users file.", directory)
+        self.live_users.watch()
 
     def _stop_local_services(self) -> None:
         for service in self._local_services:
@@ -392,14 +305,10 @@ class Supervisor:
         path = control_socket_path(self.config)
         if path.is_socket():
             path.unlink()
-        if self._users_watch is not None:
-            self.selector.unregister(self._users_watch.fileno())
-            self._users_watch.close()
-            self._users_watch = None
 
     def _reload_on_request(self) -> dict[str, object]:
-        changed = self._reload_if_changed("a control request")
-        return {"changed": changed, "users": len(self.users)}
+        changed = self.live_users.reload_if_changed("a control request")
+        return {"changed": changed, "users": len(self.live_users.users)}
 
     def status(self) -> dict[str, object]:
         """What `sftpjail status` shows: server, sessions and bans."""
@@ -408,11 +317,11 @@ class Supervisor:
             "pid": os.getpid(),
             "since": _timestamp(self.started_at),
             "listen": [str(address) for address in self.config.listen],
-            "users": len(self.users),
+            "users": len(self.live_users.users),
             "sandbox": self.sandbox_layers,
             "require_kernel_jail": self.config.require_kernel_jail,
             "defense": self.config.defense.enabled,
-            "database": _database_state(self.database),
+            "database": _database_state(self.live_users.database),
         }
         bans = [
             {
@@ -444,7 +353,9 @@ class Supervisor:
             lambda: len(self.defense.bans()),
         )
         metrics.watch(
-            "sftpjail_users", "Users in the users file.", lambda: len(self.users)
+            "sftpjail_users",
+            "Users in the users file.",
+            lambda: len(self.live_users.users),
         )
         return metrics
 
@@ -660,7 +571,7 @@ class Supervisor:
             raise ipc.ProtocolError("authentication attempts after the limit")
 
         reason: str | None
-        if self.database is not None and not self.database.connected:
+        if self.live_users.unreachable:
             user, reason = None, _DATABASE_UNREACHABLE
             logger.warning(
                 "Refused the login of %s from %s: the user database is unreachable.",
@@ -668,7 +579,7 @@ class Supervisor:
                 session.peer_host,
             )
         else:
-            user = self.users.get(request.user)
+            user = self.live_users.users.get(request.user)
             reason = self._refusal_reason(session, user, request)
 
         if reason is None and user is not None:
@@ -797,7 +708,7 @@ class Supervisor:
             session.connection_id,
         )
         # The users file may have changed between the grant and now.
-        self.sessions.end_if_refused(session, self.users)
+        self.sessions.end_if_refused(session, self.live_users.users)
 
     # -- quotas (see sftpjail.quota) -------------------------------------
 
