@@ -290,6 +290,7 @@ class ServerLab:
         key: ClientKey | None = None,
         password: str | None = None,
         timeout: float = 120,
+        extra: list[str] | None = None,
     ) -> Result:
         """Run `sftp -b -` with `commands`; batch mode stops at the first error."""
 
@@ -311,6 +312,7 @@ class ServerLab:
                 [
                     "sftp",
                     *options,
+                    *(extra or []),
                     "-P",
                     str(self.port),
                     "-b",

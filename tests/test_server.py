@@ -582,3 +582,147 @@ def _wait_for_port(port: int, timeout: float = 10) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def test_environment_and_x11_requests_are_refused_and_audited(
+    two_users: tuple[ServerLab, ClientKey, ClientKey],
+) -> None:
+    lab, alice, _bob = two_users
+    environment = dict(os.environ, DISPLAY="127.0.0.1:99")
+
+    with_env = lab.sftp("alice", "pwd\n", key=alice, extra=["-o", "SetEnv=PROBE=1"])
+    target = ["-p", str(lab.port), "-X", "alice@127.0.0.1", "true"]
+    x11 = subprocess.run(
+        ["ssh", *lab.ssh_options(alice), *target],
+        capture_output=True,
+        timeout=30,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+    )
+
+    assert with_env.returncode == 0, with_env.stderr
+    assert x11.returncode != 0
+    requests = {event["request"] for event in lab.audit_events("request.refused")}
+    assert {"environment", "x11 forwarding", "exec"} <= requests
+
+
+def test_connections_per_source_are_capped(lab: ServerLab) -> None:
+    lab.write_config(limits="max_sessions_per_source = 2")
+    alice = lab.add_user("alice")
+    lab.start()
+    holders = [
+        subprocess.Popen(
+            ["sftp", *lab.ssh_options(alice), "-P", str(lab.port), "alice@127.0.0.1"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 15
+        while len(lab.audit_events("auth.success")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        third = lab.sftp("alice", "pwd\n", key=alice)
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+    assert third.returncode != 0
+    refused = lab.audit_events("connection.refused")
+    assert [event["reason"] for event in refused] == ["too many connections"]
+    assert lab.process is not None and lab.process.poll() is None
+
+
+def test_handle_and_request_size_limits(lab: ServerLab) -> None:
+    lab.write_config(limits="max_open_handles = 4\nmax_request_size = 65536")
+    alice = lab.add_user("alice")
+    lab.start()
+
+    import asyncio
+
+    import asyncssh
+
+    async def exceed() -> tuple[str, str, int]:
+        async with (
+            asyncssh.connect(
+                "127.0.0.1",
+                lab.port,
+                username="alice",
+                client_keys=[str(alice.private)],
+                known_hosts=None,
+            ) as connection,
+            connection.start_sftp_client() as sftp,
+        ):
+            files = []
+            handles = ""
+            try:
+                for index in range(5):
+                    files.append(await sftp.open(f"file{index}", "w"))
+            except asyncssh.SFTPFailure as error:
+                handles = error.reason
+            for file in files:
+                await file.close()
+
+            too_large = ""
+            big = await sftp.open("big", "wb", block_size=256 * 1024)
+            try:
+                await big.write(b"x" * 256 * 1024)
+            except asyncssh.SFTPFailure as error:
+                too_large = error.reason
+            await big.close()
+            reopened = await sftp.open("file0", "w")  # handles were given back
+            await reopened.close()
+            return handles, too_large, len(files)
+
+    handles, too_large, opened = asyncio.run(exceed())
+
+    assert opened == 4
+    assert "too many open handles (limit 4)" in handles
+    assert "over the 65536 limit" in too_large
+    assert (lab.data_dir / "alice" / "big").stat().st_size == 0
+    assert lab.process is not None and lab.process.poll() is None
+
+
+def test_unknown_users_cost_as_much_as_wrong_passwords(lab: ServerLab) -> None:
+    lab.write_config(limits="auth_failure_delay = 0.5")
+    lab.add_user("alice", password="right")
+    lab.start()
+
+    import asyncio
+    import statistics
+
+    import asyncssh
+
+    async def attempt(user: str) -> float:
+        started = time.monotonic()
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with asyncssh.connect(
+                "127.0.0.1",
+                lab.port,
+                username=user,
+                password="wrong",
+                known_hosts=None,
+                client_keys=None,
+                preferred_auth="password",
+            ):
+                pass
+        return time.monotonic() - started
+
+    async def measure() -> tuple[float, float]:
+        known, unknown = [], []
+        # Two each: five failures from one address would earn a ban.
+        for _ in range(2):
+            known.append(await attempt("alice"))
+            unknown.append(await attempt("nobody-here"))
+        return statistics.median(known), statistics.median(unknown)
+
+    known, unknown = asyncio.run(measure())
+
+    # Both wait for the same delay after a real argon2 verification (a dummy
+    # hash for the unknown name), so neither answer gives the name away.
+    assert known >= 0.5
+    assert unknown >= 0.5
+    assert abs(known - unknown) < 0.5
