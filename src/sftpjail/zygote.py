@@ -27,7 +27,7 @@ import socket
 import sys
 from pathlib import Path
 
-from sftpjail import ipc, worker
+from sftpjail import ipc, transport, worker
 from sftpjail.audit import configure_audit_descriptors, configure_logging
 from sftpjail.config import Config, load_config
 from sftpjail.errors import SandboxError, SftpjailError
@@ -41,6 +41,7 @@ class Zygote:
 
     def __init__(self, config: Config, link: socket.socket) -> None:
         self.link = link
+        transport.install_tunings()
         self.context = worker.prepare(
             config, load_host_keys(config.state_dir, create=False)
         )
