@@ -6,10 +6,11 @@ play a worker it connects a TCP client as any client would; the supervisor
 admits the connection, makes the session and its socket pair, and at the
 one point where it would hand the worker's end to the zygote, the test
 keeps that end instead.  Everything the supervisor does with what arrives
-on it (`ipc.parse_worker_message`, `Supervisor._handle`, `_authenticate`,
-`_confirm_login`) is the real code.  A `sleep` process stands in for the
-worker's process: the supervisor gets its pidfd exactly as the zygote's
-`spawned` message would give it, so the test can see it killed.
+on it (`ipc.parse_worker_message`, `Supervisor._handle`,
+`Logins.authenticate`, `Logins.confirm`) is the real code.  A `sleep`
+process stands in for the worker's process: the supervisor gets its pidfd
+exactly as the zygote's `spawned` message would give it, so the test can
+see it killed.
 
 Each broken message must end that session only ("protocol violation" in
 the audit log, the stand-in killed), leave a bystander session alone and

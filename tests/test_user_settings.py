@@ -15,7 +15,7 @@ import pytest
 from operationslab import set_user_fields
 from serverlab import ServerLab
 from sftpjail import ipc
-from sftpjail.supervisor import _grant
+from sftpjail.logins import grant_reply
 from sftpjail.users import READ_PERMISSIONS, User
 
 
@@ -102,7 +102,7 @@ def test_the_grant_carries_permissions_and_quotas() -> None:
         quota_files=10,
     )
 
-    reply = _grant(Path("/srv/data/alice"), user)
+    reply = grant_reply(Path("/srv/data/alice"), user)
 
     assert json.loads(ipc.encode(reply)) == {
         "type": "auth_reply",
@@ -119,7 +119,7 @@ def test_the_grant_carries_permissions_and_quotas() -> None:
 def test_the_grant_of_a_read_only_user_has_no_write_permission() -> None:
     user = User("viewer", None, (), "viewer", read_only=True)
 
-    reply = _grant(Path("/srv/data/viewer"), user)
+    reply = grant_reply(Path("/srv/data/viewer"), user)
 
     assert reply["permissions"] == {"/": ["download", "list"]}
     assert reply["quota_bytes"] is None and reply["quota_files"] is None

@@ -67,29 +67,23 @@ from sftpjail.control import (
     control_socket_path,
     peer_is_trusted,
 )
-from sftpjail.defense import BANNED, Ban, Defense, defense_from_settings
-from sftpjail.errors import HomeError
+from sftpjail.defense import BANNED, Defense, defense_from_settings
 from sftpjail.exchange import ExchangeListener
-from sftpjail.homes import ensure_home
 from sftpjail.hostkeys import load_host_keys
+from sftpjail.logins import Logins, home_owner
 from sftpjail.metrics import Metrics, MetricsResponder
-from sftpjail.passwords import equalize_timing, verify_password
-from sftpjail.quota import QuotaLedger, QuotaLimits
+from sftpjail.quota import QuotaLedger
 from sftpjail.reload import LiveUsers
 from sftpjail.sessions import KILL_AFTER_TERM, Session, Sessions
 from sftpjail.store.link import DatabaseLink
 from sftpjail.store.postgres import tcp_ports
 from sftpjail.store.shared import SharedStore
 from sftpjail.timers import Timers
-from sftpjail.users import User, login_refusal
 
 logger = logging.getLogger("sftpjail.supervisor")
 
-_MAX_FAILURE_DELAY = 8.0
 _LISTEN_BACKLOG = 128
 _OVER_LIMIT_LINE = b"sftpjail: too many connections, try again later\r\n"
-# The audit reason of a login refused while the shared store is away.
-_DATABASE_UNREACHABLE = "user database unreachable"
 
 
 class Supervisor:
@@ -110,7 +104,6 @@ class Supervisor:
         # (ctypes.util.find_library writes one), and only this one is.
         self._zygote_scratch = Path(tempfile.mkdtemp(prefix="sftpjail-zygote-"))
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._service_owner: tuple[int, int] | None = None
         self.started_at = time.time()
         # A replica shares its users and bans with the others in a database.
         shared = None
@@ -133,6 +126,15 @@ class Supervisor:
         self.sandbox_layers: str | None = None
         self._local_services: list[ExchangeListener] = []
         self.quotas = QuotaLedger()
+        self.logins = Logins(
+            config,
+            self.live_users,
+            self.sessions,
+            self.defense,
+            self.metrics,
+            self.quotas,
+            self.timers,
+        )
 
     # -- lifecycle -------------------------------------------------------
 
@@ -146,7 +148,7 @@ class Supervisor:
         for host_key in load_host_keys(self.config.state_dir, create=not replica):
             logger.info("Host key %s.", host_key.describe())
 
-        self._service_owner = _service_owner(self.config)
+        self.logins.home_owner = home_owner(self.config)
         self.live_users.load()
 
         for address in self.config.listen:
@@ -551,9 +553,9 @@ class Supervisor:
 
     def _handle(self, session: Session, message: ipc.WorkerMessage) -> None:
         if isinstance(message, ipc.AuthRequest):
-            self._authenticate(session, message)
+            self.logins.authenticate(session, message)
         elif isinstance(message, ipc.LoginNotice):
-            self._confirm_login(session, message.user)
+            self.logins.confirm(session, message.user)
         elif isinstance(message, ipc.TransferNotice):
             grown = session.take_transfer(message)
             self.metrics.transfer(grown.bytes_in, grown.bytes_out, grown.operations)
@@ -563,162 +565,6 @@ class Supervisor:
         elif isinstance(message, ipc.QuotaRequest):
             self._answer_quota(session, message)
 
-    def _authenticate(self, session: Session, request: ipc.AuthRequest) -> None:
-        limits = self.config.limits
-        if session.pending_reply or session.user is not None:
-            raise ipc.ProtocolError("authentication request out of turn")
-        if session.failures >= limits.max_auth_attempts:
-            raise ipc.ProtocolError("authentication attempts after the limit")
-
-        reason: str | None
-        if self.live_users.unreachable:
-            user, reason = None, _DATABASE_UNREACHABLE
-            logger.warning(
-                "Refused the login of %s from %s: the user database is unreachable.",
-                request.user,
-                session.peer_host,
-            )
-        else:
-            user = self.live_users.users.get(request.user)
-            reason = self._refusal_reason(session, user, request)
-
-        if reason is None and user is not None:
-            try:
-                home = ensure_home(self.config.data_dir, user.home, self._service_owner)
-            except (HomeError, OSError) as error:
-                # A home replaced by a link or a file (by another user whose
-                # home contains it, or by hand) refuses this login only.
-                logger.error("Refused the login of %s: %s", request.user, error)
-                reason = "home unavailable"
-            else:
-                session.granted[user.name] = (user, request.method)
-                self.sessions.reply(session, _grant(home, user))
-                return
-
-        session.failures += 1
-        self.metrics.authentication(request.method, accepted=False)
-        self._log_failure(session, request, reason)
-        # The client is not to blame for an outage: nothing is scored.
-        ban = None
-        if reason != _DATABASE_UNREACHABLE:
-            ban = self._score_failure(session, request)
-        exhausted = session.failures >= limits.max_auth_attempts or ban is not None
-
-        # Only password guesses are slowed down: a client offering several
-        # keys in turn is normal, and a key cannot be guessed.
-        delay = 0.0
-        if request.method == "password":
-            growth = 2 ** (session.failures - 1)
-            delay = min(limits.auth_failure_delay * growth, _MAX_FAILURE_DELAY)
-        reply = _refusal(disconnect=exhausted)
-        session.pending_reply = True
-        self.timers.schedule(delay, lambda: self.sessions.reply(session, reply))
-
-    @staticmethod
-    def _log_failure(
-        session: Session, request: ipc.AuthRequest, reason: str | None
-    ) -> None:
-        audit(
-            "auth.failure",
-            connection=session.connection_id,
-            user=request.user,
-            method=request.method,
-            peer=session.peer_host,
-            attempt=session.failures,
-            reason=reason,
-        )
-        logger.warning(
-            "Failed %s login for %s from %s.",
-            request.method,
-            request.user,
-            session.peer_host,
-        )
-
-    def _score_failure(self, session: Session, request: ipc.AuthRequest) -> Ban | None:
-        """Tell the defence about a failure; a client offering several keys
-        in turn is normal, so keys count once, when the connection ends."""
-
-        if request.method != "password":
-            session.key_failure_user = request.user
-            return None
-        session.password_failures += 1
-        ban = self.defense.record_failure(session.peer_host, request.user)
-        if ban is not None:
-            self._on_ban(ban, session)
-        return ban
-
-    def _on_ban(self, ban: Ban, current: Session | None) -> None:
-        """Count the ban and drop the address's other unauthenticated tries."""
-
-        self.metrics.bans.inc()
-        for other in self.sessions.from_source(ban.source):
-            if other is not current and other.user is None:
-                self.sessions.kill(other, "banned")
-
-    def _refusal_reason(
-        self, session: Session, user: User | None, request: ipc.AuthRequest
-    ) -> str | None:
-        """Why this login fails, for the audit log only; None if it succeeds.
-
-        The credential is judged first, so only someone who holds a good
-        one learns (from nothing but timing) that the account exists; every
-        refusal then gets the same reply as a wrong password.
-        """
-
-        if user is None:
-            self._check_credential(user, request)
-            return "unknown user"
-        if not self._check_credential(user, request):
-            return "wrong password" if request.method == "password" else "unknown key"
-        return login_refusal(user, session.peer_host)
-
-    @staticmethod
-    def _check_credential(user: User | None, request: ipc.AuthRequest) -> bool:
-        if request.method == "password":
-            if user is None or user.password_hash is None:
-                equalize_timing(request.credential)
-                return False
-            return verify_password(user.password_hash, request.credential)
-        if user is None:
-            return False
-        offered = _key_identity(request.credential)
-        return any(_key_identity(line) == offered for line in user.authorized_keys)
-
-    def _confirm_login(self, session: Session, user_name: str) -> None:
-        grant = session.granted.get(user_name)
-        if grant is None or session.user is not None:
-            raise ipc.ProtocolError(f"login as {user_name!r} was never granted")
-        session.user = user_name
-        session.logged_in_at = time.time()
-        # Counted here, not per grant: a key is granted twice per login
-        # (once when offered, once when signed).
-        self.metrics.authentication(grant[1], accepted=True)
-        self._open_quota(session, grant[0])
-        audit(
-            "auth.success",
-            connection=session.connection_id,
-            user=user_name,
-            method=grant[1],
-            peer=session.peer_host,
-        )
-        logger.info(
-            "User %s logged in from %s (connection %d).",
-            user_name,
-            session.peer_host,
-            session.connection_id,
-        )
-        # The users file may have changed between the grant and now.
-        self.sessions.end_if_refused(session, self.live_users.users)
-
-    # -- quotas (see sftpjail.quota) -------------------------------------
-
-    def _open_quota(self, session: Session, user: User) -> None:
-        """Start the user's books, measuring the home if no session has them."""
-
-        limits = QuotaLimits(user.quota_bytes, user.quota_files)
-        home = Path(os.path.abspath(self.config.data_dir)) / user.home
-        self.quotas.join(session.connection_id, user.name, limits, home)
-
     def _answer_quota(self, session: Session, request: ipc.QuotaRequest) -> None:
         reply = self.quotas.handle(session.connection_id, request)
         if reply is not None:
@@ -727,17 +573,7 @@ class Supervisor:
     def _settle_forgotten(self, session: Session, reason: str) -> None:
         """What a session leaves behind: keys to score, quota books."""
 
-        if (
-            reason == "closed"
-            and session.user is None
-            and session.key_failure_user is not None
-            and not session.password_failures
-        ):
-            ban = self.defense.record_failure(
-                session.peer_host, session.key_failure_user
-            )
-            if ban is not None:
-                self._on_ban(ban, None)
+        self.logins.score_refused_keys(session, reason)
         self.quotas.leave(session.connection_id)
 
 
@@ -760,31 +596,6 @@ def _bind(address: ListenAddress) -> socket.socket:
     listener.listen(_LISTEN_BACKLOG)
     listener.setblocking(False)
     return listener
-
-
-def _grant(home: Path, user: User) -> dict[str, object]:
-    return {
-        "type": "auth_reply",
-        "ok": True,
-        "home": str(home),
-        "read_only": user.read_only,
-        "permissions": {
-            directory: sorted(names) for directory, names in user.permissions.items()
-        },
-        "quota_bytes": user.quota_bytes,
-        "quota_files": user.quota_files,
-        "disconnect": False,
-    }
-
-
-def _refusal(*, disconnect: bool) -> dict[str, object]:
-    return {
-        "type": "auth_reply",
-        "ok": False,
-        "home": None,
-        "read_only": False,
-        "disconnect": disconnect,
-    }
 
 
 def _session_status(session: Session) -> dict[str, object]:
@@ -829,32 +640,6 @@ def _refuse(connection: socket.socket) -> None:
     except OSError:
         pass
     connection.close()
-
-
-def _key_identity(line: str) -> tuple[str, str]:
-    """The algorithm and key blob of an OpenSSH public key line."""
-
-    parts = line.split()
-    return (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-
-
-def _service_owner(config: Config) -> tuple[int, int] | None:
-    """Who should own homes: the service user when running as root."""
-
-    if os.geteuid() != 0:
-        return None
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(config.service_user)
-    except KeyError:
-        from sftpjail.errors import ConfigError
-
-        raise ConfigError(
-            f"service_user {config.service_user!r} does not exist; create it "
-            f"(useradd --system {config.service_user}) or set server.service_user"
-        ) from None
-    return entry.pw_uid, entry.pw_gid
 
 
 def serve(config: Config) -> None:
