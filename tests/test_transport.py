@@ -7,7 +7,11 @@ the pieces directly or look at a real server from a real client.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from asyncssh.connection import SSHConnection
 
 from serverlab import ServerLab
 from sftpjail import transport
+from sftpjail.transport import Outbox
 
 
 def test_every_tuning_fits_the_pinned_asyncssh() -> None:
@@ -79,3 +84,163 @@ def test_the_server_sends_no_empty_ignore_packets(
     # and not one ignore packet with them.
     assert "receive packet: type 91" in log
     assert "Received SSH2_MSG_IGNORE" not in log
+
+
+# -- Outbox, on a real event loop and a real socket ---------------------------
+
+
+class Recorder(asyncio.Protocol):
+    """The protocol side of a transport: remembers the flow-control calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause")
+
+    def resume_writing(self) -> None:
+        self.calls.append("resume")
+
+
+async def _transport_and_peer() -> tuple[asyncio.Transport, Recorder, socket.socket]:
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    loop = asyncio.get_running_loop()
+    writer, recorder = await loop.connect_accepted_socket(Recorder, ours)
+    return writer, recorder, peer
+
+
+def _received(peer: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            return b"".join(chunks)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def test_an_outbox_writes_a_turns_packets_in_order_at_the_end_of_the_turn() -> None:
+    async def run() -> tuple[bytes, bytes]:
+        writer, _recorder, peer = await _transport_and_peer()
+        outbox = Outbox(writer, asyncio.get_running_loop())
+        for number in range(100):
+            outbox.add(b"packet %d;" % number)
+        during_the_turn = _received(peer)
+        await asyncio.sleep(0)
+        after_the_turn = _received(peer)
+        writer.close()
+        peer.close()
+        return during_the_turn, after_the_turn
+
+    during_the_turn, after_the_turn = asyncio.run(run())
+
+    assert during_the_turn == b""
+    assert after_the_turn == b"".join(b"packet %d;" % n for n in range(100))
+
+
+def test_packets_queued_before_an_abort_are_written_before_it() -> None:
+    """asyncssh disconnects by sending MSG_DISCONNECT, then scheduling abort."""
+
+    async def run() -> bytes:
+        writer, _recorder, peer = await _transport_and_peer()
+        loop = asyncio.get_running_loop()
+        outbox = Outbox(writer, loop)
+        outbox.add(b"disconnect: too many authentication failures")
+        loop.call_soon(writer.abort)
+        await asyncio.sleep(0.05)
+        outbox.add(b"too late")
+        await asyncio.sleep(0)
+        received = _received(peer)
+        peer.close()
+        return received
+
+    assert asyncio.run(run()) == b"disconnect: too many authentication failures"
+
+
+def test_flow_control_still_reaches_the_protocol() -> None:
+    async def run() -> tuple[list[str], bytes, bytes]:
+        writer, recorder, peer = await _transport_and_peer()
+        outbox = Outbox(writer, asyncio.get_running_loop())
+        sent = os.urandom(4 << 20)
+        for offset in range(0, len(sent), 32768):
+            outbox.add(sent[offset : offset + 32768])
+        await asyncio.sleep(0)
+        received = bytearray()
+        for _round in range(1000):
+            received += _received(peer)
+            if len(received) == len(sent):
+                break
+            await asyncio.sleep(0.005)
+        writer.close()
+        peer.close()
+        return recorder.calls, sent, bytes(received)
+
+    calls, sent, received = asyncio.run(run())
+
+    assert calls[0] == "pause" and "resume" in calls
+    assert received == sent
+
+
+def test_a_flush_after_the_peer_left_raises_nothing() -> None:
+    async def run() -> None:
+        writer, _recorder, peer = await _transport_and_peer()
+        outbox = Outbox(writer, asyncio.get_running_loop())
+        peer.close()
+        for _ in range(10):
+            outbox.add(b"x" * 65536)
+            await asyncio.sleep(0)
+        writer.abort()
+
+    asyncio.run(run())
+
+
+# -- real transfers through every kind of cipher ------------------------------
+
+
+@pytest.mark.parametrize(
+    "cipher",
+    [
+        "chacha20-poly1305@openssh.com",
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes128-ctr",
+    ],
+)
+def test_large_transfers_are_byte_identical(
+    lab: ServerLab, tmp_path: Path, cipher: str
+) -> None:
+    key = lab.add_user("alice")
+    lab.start()
+    original = tmp_path / "original.bin"
+    with original.open("wb") as stream:
+        for _ in range(100):
+            stream.write(os.urandom(1 << 20))
+    back = tmp_path / "back.bin"
+
+    completed = subprocess.run(
+        [
+            "sftp",
+            "-c",
+            cipher,
+            *lab.ssh_options(key),
+            "-P",
+            str(lab.port),
+            "-b",
+            "-",
+            "alice@127.0.0.1",
+        ],
+        input=f"put {original} big.bin\nget big.bin {back}\n".encode(),
+        capture_output=True,
+        timeout=120,
+    )
+
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
+    assert _digest(lab.data_dir / "alice" / "big.bin") == _digest(original)
+    assert _digest(back) == _digest(original)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -18,6 +18,7 @@ runs: slower, still correct.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import re
@@ -40,11 +41,12 @@ _EMPTY_STRING = bytes(4)
 
 @dataclass(frozen=True)
 class Tuning:
-    """One change to asyncssh: what it needs there, and how to make it."""
+    """One change to asyncssh: what it relies on there, and how to make it."""
 
     name: str
-    # "module:Class.attribute" paths that must exist before installing.
-    needs: tuple[str, ...]
+    # "module:Class.attribute" paths that must exist, each with the names
+    # its code must still use for the tuning's reasoning to hold.
+    needs: dict[str, tuple[str, ...]]
     install: Callable[[], None]
 
     def unavailable(self, version: str) -> str | None:
@@ -54,23 +56,34 @@ class Tuning:
         if found is None or (int(found[1]), int(found[2])) != WRITTEN_FOR:
             written_for = ".".join(map(str, WRITTEN_FOR))
             return f"asyncssh {version} is not {written_for}.x"
-        for path in self.needs:
-            if not _exists(path):
+        for path, names in self.needs.items():
+            target = _find(path)
+            if target is None:
                 return f"asyncssh has no {path}"
+            missing = sorted(set(names) - _names_used_by(target))
+            if missing:
+                return f"{path} no longer uses {', '.join(missing)}"
         return None
 
 
-def _exists(path: str) -> bool:
+def _find(path: str) -> object | None:
     module_name, _, attributes = path.partition(":")
     try:
         target: object = importlib.import_module(module_name)
     except ImportError:
-        return False
+        return None
     for name in attributes.split("."):
-        if not hasattr(target, name):
-            return False
-        target = getattr(target, name)
-    return True
+        target = getattr(target, name, None)
+        if target is None:
+            return None
+    return target
+
+
+def _names_used_by(target: object) -> set[str]:
+    """The global and attribute names a function's code refers to."""
+
+    code = getattr(target, "__code__", None)
+    return set(code.co_names) if code is not None else set()
 
 
 def _replace(owner: type, name: str, replacement: object) -> None:
@@ -105,11 +118,94 @@ def _drop_empty_ignore() -> None:
     _replace(SSHConnection, "send_packet", send_packet_without_empty_ignore)
 
 
+# -- one socket write per turn of the event loop ----------------------------
+
+
+class Outbox:
+    """Packets sent during one turn of the event loop, written as one.
+
+    asyncssh 2.24's `SSHConnection._send` calls `transport.write()` for
+    each packet, and on a socket whose buffer is empty each call is one
+    send() system call: a download of 32 KiB packets, or a batch of small
+    SFTP replies, pays a system call per packet.  Packets go into the
+    outbox instead, and a callback scheduled with the first of them hands
+    them all to the transport, in order, in one write.
+
+    The order against everything else on the connection stays the same:
+    asyncssh closes a connection with `loop.call_soon(transport.abort)`,
+    which is scheduled after the flush of any packet sent before it (such
+    as a disconnect message) and so runs after it, and asyncssh sends
+    nothing once it has let go of the transport.  Flow control is the
+    transport's, as before: it buffers what the socket does not take and
+    tells the protocol to pause, which asyncssh ignores either way (the
+    SSH channel windows bound what is in flight).
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self.transport = transport
+        self._loop = loop
+        self._packets: list[bytes] = []
+
+    def add(self, packet: bytes) -> None:
+        """Queue a packet; it is written at the end of this loop turn."""
+
+        if not self._packets:
+            self._loop.call_soon(self.flush)
+        self._packets.append(packet)
+
+    def flush(self) -> None:
+        """Write the queued packets to the transport in one call."""
+
+        data = b"".join(self._packets)
+        self._packets.clear()
+        try:
+            self.transport.write(data)
+        except ConnectionError:
+            # As asyncssh does: the lost connection is reported by
+            # connection_lost, not by a failed write.
+            pass
+
+
+def _coalesce_writes() -> None:
+    """Route every packet asyncssh sends through its connection's Outbox."""
+
+    def send_through_outbox(connection: SSHConnection, data: bytes) -> None:
+        transport = connection._transport
+        if not transport:
+            return
+        outbox: Outbox | None = getattr(connection, _OUTBOX, None)
+        if outbox is None or outbox.transport is not transport:
+            outbox = Outbox(transport, connection._loop)
+            setattr(connection, _OUTBOX, outbox)
+        outbox.add(data)
+
+    _replace(SSHConnection, "_send", send_through_outbox)
+
+
+# The attribute of an asyncssh connection that holds its Outbox.
+_OUTBOX = "_sftpjail_outbox"
+
+
 TUNINGS = (
     Tuning(
         "no empty ignore packets",
-        needs=("asyncssh.connection:SSHConnection.send_packet",),
+        needs={"asyncssh.connection:SSHConnection.send_packet": ("MSG_IGNORE",)},
         install=_drop_empty_ignore,
+    ),
+    Tuning(
+        "one write per loop turn",
+        # What Outbox relies on: _send writes to the connection's transport,
+        # and _force_close lets go of it with loop.call_soon(abort).
+        needs={
+            "asyncssh.connection:SSHConnection._send": ("_transport", "write"),
+            "asyncssh.connection:SSHConnection._force_close": (
+                "_loop",
+                "call_soon",
+                "_transport",
+                "abort",
+            ),
+        },
+        install=_coalesce_writes,
     ),
 )
 
