@@ -48,18 +48,14 @@ import errno
 import logging
 import os
 import selectors
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from sftpjail import ipc, sandbox
-from sftpjail.audit import audit, audit_descriptors
+from sftpjail.audit import audit
 from sftpjail.config import Config, ListenAddress
 from sftpjail.control import (
     ControlResponder,
@@ -79,6 +75,7 @@ from sftpjail.store.link import DatabaseLink
 from sftpjail.store.postgres import tcp_ports
 from sftpjail.store.shared import SharedStore
 from sftpjail.timers import Timers
+from sftpjail.zygote_link import ZygoteLink
 
 logger = logging.getLogger("sftpjail.supervisor")
 
@@ -97,12 +94,6 @@ class Supervisor:
         self.sessions = Sessions(self.selector, self.timers, self._settle_forgotten)
         self.should_exit = False
         self.shutdown_deadline: float | None = None
-        self._zygote: subprocess.Popen[bytes] | None = None
-        self._zygote_link: socket.socket | None = None
-        # TMPDIR of the zygote: a zygote started again inside the sandbox
-        # still needs a writable temporary directory while importing
-        # (ctypes.util.find_library writes one), and only this one is.
-        self._zygote_scratch = Path(tempfile.mkdtemp(prefix="sftpjail-zygote-"))
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.started_at = time.time()
         # A replica shares its users and bans with the others in a database.
@@ -115,6 +106,7 @@ class Supervisor:
             else defense_from_settings(config.defense)
         )
         self.metrics = self._make_metrics()
+        self.zygote = ZygoteLink(config, self.selector, self.sessions, self.metrics)
         self.live_users = LiveUsers(
             config,
             self.selector,
@@ -157,7 +149,7 @@ class Supervisor:
         self._start_local_services()
 
         self._install_signal_handlers()
-        self._start_zygote()
+        self.zygote.start()
         for listener in self.listeners:
             self.selector.register(listener, selectors.EVENT_READ, self._accept)
         self.selector.register(self._wakeup_read, selectors.EVENT_READ, self._on_signal)
@@ -179,14 +171,7 @@ class Supervisor:
             self.sessions.kill(session, "server stopped")
         self._stop_local_services()
         self.live_users.close()
-        if self._zygote is not None:
-            self._zygote.terminate()
-            try:
-                self._zygote.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._zygote.kill()
-                self._zygote.wait()
-        shutil.rmtree(self._zygote_scratch, ignore_errors=True)
+        self.zygote.stop()
         logger.info("Stopped.")
 
     def run(self) -> None:
@@ -209,7 +194,7 @@ class Supervisor:
         url = self.config.database.url
         ports = tcp_ports(url) if url is not None else ()
         policy = sandbox.supervisor_policy(
-            self.config, control_socket_path(self.config), ports, self._zygote_scratch
+            self.config, control_socket_path(self.config), ports, self.zygote.scratch
         )
         layers = sandbox.enter_supervisor_sandbox(policy)
         logger.info("Supervisor sandboxed: %s.", layers.describe())
@@ -242,7 +227,7 @@ class Supervisor:
             elif signum == signal.SIGHUP:
                 self.live_users.reload("SIGHUP")
             elif signum == signal.SIGCHLD:
-                self._reap_zygote()
+                self.zygote.reap(restart=not self.should_exit)
 
     def _begin_shutdown(self, reason: str) -> None:
         if self.should_exit:
@@ -361,86 +346,6 @@ class Supervisor:
         )
         return metrics
 
-    # -- zygote ----------------------------------------------------------
-
-    def _start_zygote(self) -> None:
-        ours, theirs = ipc.socket_pair()
-        command = [
-            sys.executable,
-            "-m",
-            "sftpjail.zygote",
-            "--link-fd",
-            str(theirs.fileno()),
-        ]
-        if self.config.source is not None:
-            command += ["--config", str(self.config.source)]
-        extra_audit = [fd for fd in audit_descriptors() if fd > 2]
-        for fd in extra_audit:
-            command += ["--audit-fd", str(fd)]
-
-        environment = {**os.environ, "TMPDIR": str(self._zygote_scratch)}
-        self._zygote = subprocess.Popen(
-            command,
-            pass_fds=[theirs.fileno(), *extra_audit],
-            close_fds=True,
-            env=environment,
-        )
-        theirs.close()
-        self._zygote_link = ours
-        self.selector.register(ours, selectors.EVENT_READ, self._on_zygote_message)
-
-    def _reap_zygote(self) -> None:
-        if self._zygote is None or self._zygote.poll() is None:
-            return
-        status = self._zygote.returncode
-        if self.should_exit:
-            return
-        logger.error("The zygote exited with status %s; starting a new one.", status)
-        self._drop_zygote_link()
-        self._start_zygote()
-
-    def _drop_zygote_link(self) -> None:
-        if self._zygote_link is not None:
-            self.selector.unregister(self._zygote_link)
-            self._zygote_link.close()
-            self._zygote_link = None
-
-    def _on_zygote_message(self) -> None:
-        assert self._zygote_link is not None
-        try:
-            message, fds = ipc.receive_with_fds(self._zygote_link, max_fds=1)
-        except (EOFError, ConnectionError):
-            self._drop_zygote_link()
-            return
-        except ipc.ProtocolError as error:
-            logger.error("The zygote sent a bad message: %s", error)
-            return
-
-        if message["type"] == "spawned" and fds:
-            self._on_worker_spawned(message, fds[0])
-        elif message["type"] == "exited":
-            self._on_worker_exited(message)
-        else:
-            for fd in fds:
-                os.close(fd)
-
-    def _on_worker_spawned(self, message: dict[str, object], pidfd: int) -> None:
-        session = self.sessions.get(int(str(message.get("connection_id", 0))))
-        if session is None:
-            os.close(pidfd)
-            return
-        session.pidfd = pidfd
-        session.pid = int(str(message.get("pid", 0)))
-
-    def _on_worker_exited(self, message: dict[str, object]) -> None:
-        status = message.get("status")
-        if status not in (0, None):
-            self.metrics.worker_crashes.inc()
-            audit("worker.crashed", pid=message.get("pid"), status=status)
-            logger.warning(
-                "Worker %s exited with status %s.", message.get("pid"), status
-            )
-
     # -- accepting -------------------------------------------------------
 
     def _accept(self) -> None:
@@ -500,17 +405,10 @@ class Supervisor:
     def _hand_to_zygote(
         self, session: Session, connection: socket.socket, link: socket.socket
     ) -> None:
-        message = {
-            "type": "spawn",
-            "connection_id": session.connection_id,
-            "peer_host": session.peer_host,
-            "peer_port": session.peer_port,
-        }
+        """Ask the zygote for a worker; forget the session if it cannot be asked."""
+
         try:
-            assert self._zygote_link is not None
-            ipc.send_with_fds(
-                self._zygote_link, message, [connection.fileno(), link.fileno()]
-            )
+            self.zygote.hand_over(session, connection, link)
         except (AssertionError, OSError) as error:
             logger.error(
                 "Could not hand connection %d to the zygote: %s",
