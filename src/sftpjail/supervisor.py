@@ -44,7 +44,6 @@ Around that core, all in the same loop:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import selectors
@@ -56,16 +55,17 @@ from pathlib import Path
 
 from sftpjail import ipc, sandbox
 from sftpjail.audit import audit
-from sftpjail.config import Config, ListenAddress
+from sftpjail.config import Config
 from sftpjail.control import (
     ControlResponder,
     bind_control_socket,
     control_socket_path,
     peer_is_trusted,
 )
-from sftpjail.defense import BANNED, Defense, defense_from_settings
+from sftpjail.defense import Defense, defense_from_settings
 from sftpjail.exchange import ExchangeListener
 from sftpjail.hostkeys import load_host_keys
+from sftpjail.listeners import admission_refusal, bind_listener, refuse_connection
 from sftpjail.logins import Logins, home_owner
 from sftpjail.metrics import Metrics, MetricsResponder
 from sftpjail.quota import QuotaLedger
@@ -78,9 +78,6 @@ from sftpjail.timers import Timers
 from sftpjail.zygote_link import ZygoteLink
 
 logger = logging.getLogger("sftpjail.supervisor")
-
-_LISTEN_BACKLOG = 128
-_OVER_LIMIT_LINE = b"sftpjail: too many connections, try again later\r\n"
 
 
 class Supervisor:
@@ -144,7 +141,7 @@ class Supervisor:
         self.live_users.load()
 
         for address in self.config.listen:
-            self.listeners.append(_bind(address))
+            self.listeners.append(bind_listener(address))
             logger.info("Listening on %s.", address)
         self._start_local_services()
 
@@ -278,7 +275,10 @@ class Supervisor:
             endpoint = MetricsResponder(self.metrics)
             self._local_services.append(
                 ExchangeListener(
-                    _bind(address), self.selector, self.timers.schedule, endpoint
+                    bind_listener(address),
+                    self.selector,
+                    self.timers.schedule,
+                    endpoint,
                 )
             )
             logger.info("Serving metrics on http://%s/metrics.", address)
@@ -360,17 +360,12 @@ class Supervisor:
             self._admit(connection, address[0], address[1])
 
     def _admit(self, connection: socket.socket, host: str, port: int) -> None:
+        """Open a session for a new connection and ask for its worker."""
+
         limits = self.config.limits
-        from_source = [s for s in self.sessions.values() if s.peer_host == host]
-        unauthenticated = sum(1 for s in from_source if s.user is None)
-        reason = self.defense.refusal(host, unauthenticated)
-        if reason is None and (
-            len(self.sessions) >= limits.max_sessions
-            or len(from_source) >= limits.max_sessions_per_source
-        ):
-            reason = "too many connections"
+        reason = admission_refusal(host, self.sessions, self.defense, limits)
         if reason is not None:
-            self._refuse_connection(connection, host, port, reason)
+            refuse_connection(connection, host, port, reason, self.metrics)
             return
 
         session, theirs = self.sessions.open(host, port, self._on_worker_message)
@@ -388,19 +383,6 @@ class Supervisor:
             connection.close()
             theirs.close()
         self.sessions.enforce_login_grace(session, limits.login_grace_time)
-
-    def _refuse_connection(
-        self, connection: socket.socket, host: str, port: int, reason: str
-    ) -> None:
-        audit("connection.refused", peer=host, port=port, reason=reason)
-        self.metrics.connection_refused(reason)
-        if reason == BANNED:
-            # Not a word before the handshake: a banned client learns nothing.
-            logger.debug("Refused a connection from %s: %s.", host, reason)
-            connection.close()
-            return
-        logger.warning("Refused a connection from %s: %s.", host, reason)
-        _refuse(connection)
 
     def _hand_to_zygote(
         self, session: Session, connection: socket.socket, link: socket.socket
@@ -475,27 +457,6 @@ class Supervisor:
         self.quotas.leave(session.connection_id)
 
 
-def _bind(address: ListenAddress) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    try:
-        listener.bind((address.host, address.port))
-    except OSError as error:
-        listener.close()
-        hint = (
-            " (is another server running?)" if error.errno == errno.EADDRINUSE else ""
-        )
-        raise OSError(
-            error.errno, f"cannot listen on {address}: {error.strerror}{hint}"
-        ) from None
-    listener.listen(_LISTEN_BACKLOG)
-    listener.setblocking(False)
-    return listener
-
-
 def _session_status(session: Session) -> dict[str, object]:
     if session.ending is not None:
         state = "ending"
@@ -527,17 +488,6 @@ def _timestamp(seconds: float) -> str:
     """Wall-clock seconds as ISO 8601 in UTC, like the audit log's times."""
 
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def _refuse(connection: socket.socket) -> None:
-    """Tell an over-limit client why, in the only way possible before SSH."""
-
-    try:
-        connection.setblocking(False)
-        connection.send(_OVER_LIMIT_LINE)
-    except OSError:
-        pass
-    connection.close()
 
 
 def serve(config: Config) -> None:
