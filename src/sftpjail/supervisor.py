@@ -71,7 +71,7 @@ from sftpjail.metrics import Metrics, MetricsResponder
 from sftpjail.quota import QuotaLedger
 from sftpjail.reload import LiveUsers
 from sftpjail.sessions import KILL_AFTER_TERM, Session, Sessions
-from sftpjail.store.link import DatabaseLink
+from sftpjail.status import status_reply, watch_state
 from sftpjail.store.postgres import tcp_ports
 from sftpjail.store.shared import SharedStore
 from sftpjail.timers import Timers
@@ -102,7 +102,7 @@ class Supervisor:
             if shared is not None
             else defense_from_settings(config.defense)
         )
-        self.metrics = self._make_metrics()
+        self.metrics = Metrics()
         self.zygote = ZygoteLink(config, self.selector, self.sessions, self.metrics)
         self.live_users = LiveUsers(
             config,
@@ -115,6 +115,7 @@ class Supervisor:
         self.sandbox_layers: str | None = None
         self._local_services: list[ExchangeListener] = []
         self.quotas = QuotaLedger()
+        watch_state(self.metrics, self)
         self.logins = Logins(
             config,
             self.live_users,
@@ -300,51 +301,7 @@ class Supervisor:
     def status(self) -> dict[str, object]:
         """What `sftpjail status` shows: server, sessions and bans."""
 
-        server = {
-            "pid": os.getpid(),
-            "since": _timestamp(self.started_at),
-            "listen": [str(address) for address in self.config.listen],
-            "users": len(self.live_users.users),
-            "sandbox": self.sandbox_layers,
-            "require_kernel_jail": self.config.require_kernel_jail,
-            "defense": self.config.defense.enabled,
-            "database": _database_state(self.live_users.database),
-        }
-        bans = [
-            {
-                "peer": ban.source,
-                "until": _timestamp(ban.until),
-                "seconds": ban.seconds,
-                "failures": ban.failures,
-            }
-            for ban in self.defense.bans()
-        ]
-        sessions = [_session_status(session) for session in self.sessions.values()]
-        return {"server": server, "sessions": sessions, "bans": bans}
-
-    def _make_metrics(self) -> Metrics:
-        metrics = Metrics()
-        metrics.watch(
-            "sftpjail_sessions_active",
-            "Logged-in sessions.",
-            self.sessions.logged_in,
-        )
-        metrics.watch(
-            "sftpjail_connections_open",
-            "Open connections, logged in or not.",
-            lambda: len(self.sessions),
-        )
-        metrics.watch(
-            "sftpjail_banned_sources",
-            "Addresses banned right now.",
-            lambda: len(self.defense.bans()),
-        )
-        metrics.watch(
-            "sftpjail_users",
-            "Users in the users file.",
-            lambda: len(self.live_users.users),
-        )
-        return metrics
+        return status_reply(self)
 
     # -- accepting -------------------------------------------------------
 
@@ -455,39 +412,6 @@ class Supervisor:
 
         self.logins.score_refused_keys(session, reason)
         self.quotas.leave(session.connection_id)
-
-
-def _session_status(session: Session) -> dict[str, object]:
-    if session.ending is not None:
-        state = "ending"
-    else:
-        state = "active" if session.user is not None else "authenticating"
-    return {
-        "connection": session.connection_id,
-        "pid": session.pid,
-        "user": session.user,
-        "peer": session.peer_host,
-        "port": session.peer_port,
-        "state": state,
-        "since": _timestamp(session.logged_in_at or session.connected_at),
-        "bytes_in": session.bytes_in,
-        "bytes_out": session.bytes_out,
-        "sandbox": session.sandbox,
-    }
-
-
-def _database_state(database: DatabaseLink | None) -> str | None:
-    """The shared store as `status` shows it; None without one."""
-
-    if database is None:
-        return None
-    return "connected" if database.connected else "unreachable"
-
-
-def _timestamp(seconds: float) -> str:
-    """Wall-clock seconds as ISO 8601 in UTC, like the audit log's times."""
-
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def serve(config: Config) -> None:
