@@ -96,6 +96,7 @@ _DEFAULT_DIR_MODE = 0o777
 _RESERVE_ATTEMPTS = 3
 # Opening for write retries when a file appears or vanishes in between.
 _OPEN_ATTEMPTS = 3
+_NS_PER_SECOND = 10**9
 
 
 def tune_asyncssh(limits: Limits) -> None:
@@ -156,6 +157,54 @@ class OpenFile:
     failure: str | None = None
 
 
+# The SFTP file type of each kind of inode (used from SFTP v4 on).
+_FILE_TYPES = {
+    stat.S_IFREG: asyncssh.FILEXFER_TYPE_REGULAR,
+    stat.S_IFDIR: asyncssh.FILEXFER_TYPE_DIRECTORY,
+    stat.S_IFLNK: asyncssh.FILEXFER_TYPE_SYMLINK,
+    stat.S_IFSOCK: asyncssh.FILEXFER_TYPE_SOCKET,
+    stat.S_IFCHR: asyncssh.FILEXFER_TYPE_CHAR_DEVICE,
+    stat.S_IFBLK: asyncssh.FILEXFER_TYPE_BLOCK_DEVICE,
+    stat.S_IFIFO: asyncssh.FILEXFER_TYPE_FIFO,
+}
+
+
+def attributes_of(info: os.stat_result) -> asyncssh.SFTPAttrs:
+    """The SFTP attributes of a stat result, without user or group names.
+
+    asyncssh's `SFTPAttrs.from_local` looks up the owner's and the group's
+    names for every stat reply and every listed entry.  In the worker's
+    sandbox the password and group files are out of reach, so each lookup
+    fails and falls back to the number, at a cost that dominated long
+    listings.  SFTP v3 sends only the numbers, and the long names of a
+    listing come from `format_user` and `format_group`.
+    """
+
+    atime, atime_ns = divmod(info.st_atime_ns, _NS_PER_SECOND)
+    mtime, mtime_ns = divmod(info.st_mtime_ns, _NS_PER_SECOND)
+    ctime, ctime_ns = divmod(info.st_ctime_ns, _NS_PER_SECOND)
+    file_type = _FILE_TYPES.get(
+        stat.S_IFMT(info.st_mode), asyncssh.FILEXFER_TYPE_SPECIAL
+    )
+    return asyncssh.SFTPAttrs(
+        type=file_type,
+        size=info.st_size,
+        uid=info.st_uid,
+        gid=info.st_gid,
+        permissions=info.st_mode,
+        atime=atime,
+        atime_ns=atime_ns,
+        # Linux reports no creation time; asyncssh gives the modification time.
+        crtime=mtime,
+        crtime_ns=mtime_ns,
+        mtime=mtime,
+        mtime_ns=mtime_ns,
+        ctime=ctime,
+        ctime_ns=ctime_ns,
+        nlink=info.st_nlink,
+    )
+
+
 class DirectoryListing:
     """An open directory handle; releases its slot when asyncssh drops it."""
 
@@ -172,14 +221,12 @@ class DirectoryListing:
         return await self._names.__anext__()
 
     async def _generate(self) -> AsyncIterator[asyncssh.SFTPName]:
-        yield asyncssh.SFTPName(
-            b".", attrs=asyncssh.SFTPAttrs.from_local(os.fstat(self._fd))
-        )
+        yield asyncssh.SFTPName(b".", attrs=attributes_of(os.fstat(self._fd)))
         parent = self._server.stat_quietly(self._path + b"/..")
         yield asyncssh.SFTPName(b"..", attrs=parent)
         with os.scandir(self._fd) as entries:
             for entry in entries:
-                attrs = asyncssh.SFTPAttrs.from_local(entry.stat(follow_symlinks=False))
+                attrs = attributes_of(entry.stat(follow_symlinks=False))
                 yield asyncssh.SFTPName(os.fsencode(entry.name), attrs=attrs)
 
     def __del__(self) -> None:
@@ -516,8 +563,8 @@ class JailedSFTPServer(asyncssh.SFTPServer):
                 outcome=file_obj.failure or "ok",
             )
 
-    def fstat(self, file_obj: object) -> os.stat_result:
-        return os.fstat(_open_file(file_obj).fd)
+    def fstat(self, file_obj: object) -> asyncssh.SFTPAttrs:
+        return attributes_of(os.fstat(_open_file(file_obj).fd))
 
     async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
         file_obj = _open_file(file_obj)
@@ -532,10 +579,10 @@ class JailedSFTPServer(asyncssh.SFTPServer):
 
     # -- metadata --------------------------------------------------------
 
-    def stat(self, path: bytes) -> os.stat_result:
+    def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
         with self._resolve(path) as (fd, where):
             self._require("stat", where)
-            return os.fstat(fd)
+            return attributes_of(os.fstat(fd))
 
     def stat_quietly(self, path: bytes) -> asyncssh.SFTPAttrs:
         """Attributes of `path` for a listing, or empty ones if unreadable."""
@@ -545,17 +592,17 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         except OSError:
             return asyncssh.SFTPAttrs()
         try:
-            return asyncssh.SFTPAttrs.from_local(os.fstat(fd))
+            return attributes_of(os.fstat(fd))
         finally:
             os.close(fd)
 
-    def lstat(self, path: bytes) -> os.stat_result:
+    def lstat(self, path: bytes) -> asyncssh.SFTPAttrs:
         if normalize(path) == b".":
             self._require("stat", b"/")
-            return os.fstat(self.jail.root_fd)
+            return attributes_of(os.fstat(self.jail.root_fd))
         with self._entry(path) as (dir_fd, name, where):
             self._require("stat", where)
-            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            return attributes_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
 
     async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         with self._resolve(path) as (fd, where):
