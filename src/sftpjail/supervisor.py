@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 Three kinds of process cooperate:
 
-* The **supervisor** (this module) binds the listening sockets, holds the
-  users file, decides every authentication and enforces the connection
-  limits.  It is a plain `selectors` loop with no asyncio and no threads,
-  so it can never be caught forking in the middle of a running event loop.
+* The **supervisor** (this module and the parts it owns) binds the
+  listening sockets, holds the users, decides every authentication and
+  enforces the connection limits.  It is a plain `selectors` loop with no
+  asyncio and no threads, so it can never be caught forking in the middle
+  of a running event loop.
 * The **zygote** (`sftpjail.zygote`) is started once with a fresh
   interpreter, before anything secret is loaded here.  It imports
   everything a worker needs and then forks one worker per connection when
@@ -23,14 +24,27 @@ itself, and ends a worker that breaks the message protocol.  It learns of a
 worker's end when the worker's socket pair closes, and ends workers that
 outlive the login grace time without logging in.
 
+This module holds the life of the process (`startup`, `main_loop`,
+`shutdown`), its signals, and the loop's dispatch of each event to the
+part that owns it.  Each part keeps its own state and is handed only the
+others it works with:
+
+* `sftpjail.listeners`: the listening sockets, and who is let in before
+  the SSH handshake;
+* `sftpjail.sessions`: one record per connection, and how each one ends;
+* `sftpjail.logins`: the login decision, its delays and failure scores;
+* `sftpjail.zygote_link`: the zygote, asked for one worker per connection;
+* `sftpjail.timers`: the loop's timers;
+* `sftpjail.status`: what `sftpjail status` and the gauges show.
+
 Around that core, all in the same loop:
 
 * **Defence** (`sftpjail.defense`): failed logins are scored per address
   and per user name; a banned address is closed before the SSH handshake.
-* **Live users** (`sftpjail.reload`): SIGHUP, a control request or an
-  inotify event reloads the users file; sessions of users that were
-  removed, disabled or have expired get an `end` message, then SIGTERM
-  and SIGKILL through their pidfd if they linger.
+* **Live users** (`sftpjail.reload.LiveUsers`): SIGHUP, a control
+  request or an inotify event reloads the users file; sessions of users
+  that were removed, disabled or have expired get an `end` message, then
+  SIGTERM and SIGKILL through their pidfd if they linger.
 * **Replicas** (`sftpjail.store.link`): with `[database] url` set, users
   and bans come from PostgreSQL and change notices arrive on a LISTEN
   connection in this loop; while the database is away, logins are
@@ -86,13 +100,15 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.selector = selectors.DefaultSelector()
-        self.listeners: list[socket.socket] = []
         self.timers = Timers()
-        self.sessions = Sessions(self.selector, self.timers, self._settle_forgotten)
+        self.listeners: list[socket.socket] = []
         self.should_exit = False
         self.shutdown_deadline: float | None = None
-        self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.started_at = time.time()
+        self.sandbox_layers: str | None = None
+        self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._local_services: list[ExchangeListener] = []
+
         # A replica shares its users and bans with the others in a database.
         shared = None
         if config.database.url is not None:
@@ -103,7 +119,9 @@ class Supervisor:
             else defense_from_settings(config.defense)
         )
         self.metrics = Metrics()
-        self.zygote = ZygoteLink(config, self.selector, self.sessions, self.metrics)
+        self.quotas = QuotaLedger()
+
+        self.sessions = Sessions(self.selector, self.timers, self._settle_forgotten)
         self.live_users = LiveUsers(
             config,
             self.selector,
@@ -112,10 +130,6 @@ class Supervisor:
             shared,
             self.sessions.end_refused,
         )
-        self.sandbox_layers: str | None = None
-        self._local_services: list[ExchangeListener] = []
-        self.quotas = QuotaLedger()
-        watch_state(self.metrics, self)
         self.logins = Logins(
             config,
             self.live_users,
@@ -125,6 +139,8 @@ class Supervisor:
             self.quotas,
             self.timers,
         )
+        self.zygote = ZygoteLink(config, self.selector, self.sessions, self.metrics)
+        watch_state(self.metrics, self)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -306,6 +322,8 @@ class Supervisor:
     # -- accepting -------------------------------------------------------
 
     def _accept(self) -> None:
+        """Take every waiting connection off the listeners and judge it."""
+
         for listener in self.listeners:
             try:
                 connection, address = listener.accept()
@@ -359,6 +377,8 @@ class Supervisor:
     # -- talking to workers ---------------------------------------------
 
     def _on_worker_message(self, session: Session) -> None:
+        """Read one message of a session's worker and act on it."""
+
         try:
             data = session.link.recv(ipc.MAX_MESSAGE_BYTES + 1)
         except (BlockingIOError, InterruptedError):
@@ -389,6 +409,8 @@ class Supervisor:
             self.sessions.kill(session, "internal error")
 
     def _handle(self, session: Session, message: ipc.WorkerMessage) -> None:
+        """Hand a worker's message to the part that answers it."""
+
         if isinstance(message, ipc.AuthRequest):
             self.logins.authenticate(session, message)
         elif isinstance(message, ipc.LoginNotice):
