@@ -108,6 +108,7 @@ class Supervisor:
         self.sandbox_layers: str | None = None
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._local_services: list[ExchangeListener] = []
+        self._control_socket_bound = False
 
         # A replica shares its users and bans with the others in a database.
         shared = None
@@ -191,8 +192,8 @@ class Supervisor:
     def run(self) -> None:
         """Start, serve, stop: the whole life of the server."""
 
-        self.startup()
         try:
+            self.startup()
             self.enter_sandbox()
             self.main_loop()
         finally:
@@ -273,12 +274,14 @@ class Supervisor:
         """The control socket, the metrics endpoint and the users watch."""
 
         path = control_socket_path(self.config)
+        control_listener = bind_control_socket(path)
+        self._control_socket_bound = True
         control = ControlResponder(
             {"status": self.status, "reload": self._reload_on_request}
         )
         self._local_services.append(
             ExchangeListener(
-                bind_control_socket(path),
+                control_listener,
                 self.selector,
                 self.timers.schedule,
                 control,
@@ -306,8 +309,10 @@ class Supervisor:
         for service in self._local_services:
             service.close()
         self._local_services.clear()
+        # Only a socket this server bound is its to remove: a start that
+        # failed must leave a running server's socket alone.
         path = control_socket_path(self.config)
-        if path.is_socket():
+        if self._control_socket_bound and path.is_socket():
             path.unlink()
 
     def _reload_on_request(self) -> dict[str, object]:
@@ -366,7 +371,7 @@ class Supervisor:
 
         try:
             self.zygote.hand_over(session, connection, link)
-        except (AssertionError, OSError) as error:
+        except OSError as error:
             logger.error(
                 "Could not hand connection %d to the zygote: %s",
                 session.connection_id,

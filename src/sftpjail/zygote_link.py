@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import shutil
 import socket
@@ -30,6 +31,7 @@ from pathlib import Path
 from sftpjail import ipc
 from sftpjail.audit import audit, audit_descriptors
 from sftpjail.config import Config
+from sftpjail.errors import SandboxError, SftpjailError
 from sftpjail.metrics import Metrics
 from sftpjail.sessions import Session
 
@@ -37,6 +39,10 @@ logger = logging.getLogger("sftpjail.supervisor")
 
 # How long a zygote asked to stop gets before SIGKILL.
 _STOP_TIMEOUT = 5.0
+# How long a new zygote may take to import everything and prove the worker
+# sandbox in a child (asyncssh's first import can run a compiler to find a
+# library, which is slow on a busy machine).
+_READY_TIMEOUT = 120.0
 
 
 class ZygoteLink:
@@ -55,6 +61,7 @@ class ZygoteLink:
         self.metrics = metrics
         self.process: subprocess.Popen[bytes] | None = None
         self.link: socket.socket | None = None
+        self.worker_layers = ""
         self.scratch = Path(tempfile.mkdtemp(prefix="sftpjail-zygote-"))
 
     def start(self) -> None:
@@ -83,6 +90,7 @@ class ZygoteLink:
         )
         theirs.close()
         self.link = ours
+        self.worker_layers = _wait_until_ready(ours)
         self.selector.register(ours, selectors.EVENT_READ, self._on_message)
 
     def hand_over(
@@ -91,8 +99,7 @@ class ZygoteLink:
         """Ask the zygote for a worker for `session`'s client connection.
 
         `link` is the worker's end of the session's socket pair.  Raises
-        OSError if the zygote cannot be reached, AssertionError if none
-        runs.
+        OSError if the zygote cannot be reached or none runs.
         """
 
         message = {
@@ -101,7 +108,8 @@ class ZygoteLink:
             "peer_host": session.peer_host,
             "peer_port": session.peer_port,
         }
-        assert self.link is not None
+        if self.link is None:
+            raise ConnectionError("no zygote is running")
         ipc.send_with_fds(self.link, message, [connection.fileno(), link.fileno()])
 
     def reap(self, *, restart: bool) -> None:
@@ -169,3 +177,33 @@ class ZygoteLink:
             logger.warning(
                 "Worker %s exited with status %s.", message.get("pid"), status
             )
+
+
+def _wait_until_ready(link: socket.socket) -> str:
+    """Block until a new zygote says it can fork sandboxed workers.
+
+    The zygote answers `ready` with the worker's sandbox layers once it has
+    imported everything and entered the worker sandbox in a test child, or
+    `failed` when the kernel cannot enforce what the configuration
+    requires; then the server must not start.  Returns the layers.
+    """
+
+    readable, _, _ = select.select([link], [], [], _READY_TIMEOUT)
+    if not readable:
+        raise SftpjailError(
+            f"the zygote did not get ready within {_READY_TIMEOUT:.0f} seconds"
+        )
+    try:
+        message, fds = ipc.receive_with_fds(link, max_fds=1)
+    except (EOFError, ConnectionError, ipc.ProtocolError):
+        raise SftpjailError(
+            "the zygote exited while starting; its error is logged above"
+        ) from None
+    for fd in fds:
+        os.close(fd)
+
+    if message["type"] == "failed":
+        raise SandboxError(str(message.get("error")))
+    if message["type"] != "ready":
+        raise SftpjailError(f"the zygote sent {message['type']!r} before ready")
+    return str(message.get("layers", ""))
