@@ -726,3 +726,27 @@ def test_unknown_users_cost_as_much_as_wrong_passwords(lab: ServerLab) -> None:
     assert known >= 0.5
     assert unknown >= 0.5
     assert abs(known - unknown) < 0.5
+
+
+def test_secrets_inside_data_dir_are_refused_before_anything_starts(
+    lab: ServerLab,
+) -> None:
+    # Every worker can read data_dir before login: host keys there would be
+    # readable by any worker taken over during the handshake.
+    lab.config_file.write_text(
+        lab.config_file.read_text().replace(
+            f'state_dir = "{lab.state_dir}"', f'state_dir = "{lab.data_dir}/keys"'
+        )
+    )
+
+    completed = subprocess.run(
+        ["python", "-m", "sftpjail", "serve", "--config", str(lab.config_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert completed.returncode == 2
+    assert "server.state_dir" in completed.stderr
+    assert "inside data_dir" in completed.stderr
+    assert not (lab.data_dir / "keys").exists()

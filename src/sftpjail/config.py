@@ -260,7 +260,7 @@ def _build(values: dict[str, Any], source: Path | None) -> Config:
     if log_level not in _LOG_LEVELS:
         raise ConfigError(f"server.log_level must be one of {', '.join(_LOG_LEVELS)}")
 
-    return Config(
+    config = Config(
         listen=_listen_addresses(values["listen"]),
         data_dir=_path(values["data_dir"], "data_dir", base),
         state_dir=_path(values["state_dir"], "state_dir", base),
@@ -282,6 +282,24 @@ def _build(values: dict[str, Any], source: Path | None) -> Config:
         database=_database(values),
         source=source,
     )
+    _check_secrets_outside_homes(config)
+    return config
+
+
+def _check_secrets_outside_homes(config: Config) -> None:
+    """Every worker can read data_dir until login: no secret may live there."""
+
+    data_dir = config.data_dir.resolve()
+    for key, path in (
+        ("state_dir", config.state_dir),
+        ("users_file", config.users_file),
+    ):
+        resolved = path.resolve()
+        if resolved == data_dir or resolved.is_relative_to(data_dir):
+            raise ConfigError(
+                f"server.{key} {path} is inside data_dir {config.data_dir}, where "
+                f"workers can read it; move it out of data_dir"
+            )
 
 
 def _listen_addresses(value: Any) -> tuple[ListenAddress, ...]:
