@@ -631,6 +631,8 @@ def test_connections_per_source_are_capped(lab: ServerLab) -> None:
             holder.wait()
 
     assert third.returncode != 0
+    # A clean close after the reason line, not a reset.
+    assert "Connection closed by remote host" in third.stderr
     refused = lab.audit_events("connection.refused")
     assert [event["reason"] for event in refused] == ["too many connections"]
     assert lab.process is not None and lab.process.poll() is None

@@ -24,6 +24,7 @@ from sftpjail.sessions import Sessions
 logger = logging.getLogger("sftpjail.supervisor")
 
 _LISTEN_BACKLOG = 128
+_DRAIN_BYTES = 4096
 _OVER_LIMIT_LINE = b"sftpjail: too many connections, try again later\r\n"
 TOO_MANY_CONNECTIONS = "too many connections"
 
@@ -95,7 +96,19 @@ def _tell_and_close(connection: socket.socket) -> None:
 
     try:
         connection.setblocking(False)
+        # Closing with the client's version line still unread would answer
+        # with a reset, and the client would report that instead of the
+        # line; what arrived so far is read and dropped first.
+        _drain(connection)
         connection.send(_OVER_LIMIT_LINE)
+        connection.shutdown(socket.SHUT_WR)
     except OSError:
         pass
     connection.close()
+
+
+def _drain(connection: socket.socket) -> None:
+    try:
+        connection.recv(_DRAIN_BYTES)
+    except BlockingIOError:
+        pass
