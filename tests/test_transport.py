@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
+import random
 import socket
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import asyncssh
+import asyncssh.encryption
 import pytest
 from asyncssh.connection import SSHConnection
 
@@ -325,3 +330,153 @@ def test_stat_replies_carry_numbers_and_listings_the_owners_name(
     assert (attrs.uid, attrs.gid, attrs.size) == (host.st_uid, host.st_gid, 4321)
     assert attrs.permissions == host.st_mode
     assert (attrs.atime, attrs.mtime) == (int(host.st_atime), int(host.st_mtime))
+
+
+# -- the lean ChaCha20-Poly1305 against asyncssh's own, byte for byte --------
+
+PACKETS = 300
+
+
+def _random_packets(block_size: int) -> list[tuple[int, bytes]]:
+    """(sequence number, packet) pairs as a connection would encrypt them.
+
+    A packet is a whole number of cipher blocks, at least two; sizes run
+    from the smallest to beyond a full 32 KiB channel packet.
+    """
+
+    generator = random.Random(20261203)
+    sequences = [0, 1, 0xFFFFFFFF] + [
+        generator.getrandbits(32) for _ in range(PACKETS - 3)
+    ]
+    sizes = [2 * block_size, 32 * 1024 + block_size] + [
+        generator.randrange(2, 36 * 1024 // block_size) * block_size
+        for _ in range(PACKETS - 2)
+    ]
+    return [(seq, os.urandom(size)) for seq, size in zip(sequences, sizes)]
+
+
+def _seal(encryption: Any, seq: int, packet: bytes) -> tuple[bytes, bytes]:
+    return encryption.encrypt_packet(seq, len(packet).to_bytes(4, "big"), packet)
+
+
+def _open(
+    encryption: Any, seq: int, sealed: bytes, mac: bytes, block_size: int
+) -> tuple[bytes, bytes | None]:
+    """As asyncssh's connection reads a packet: the length first, then the rest."""
+
+    first, length = encryption.decrypt_header(seq, sealed[:block_size], 4)
+    payload = encryption.decrypt_packet(seq, first, sealed[block_size:], 4, mac)
+    return length, payload
+
+
+def _flip_a_bit(data: bytes, index: int) -> bytes:
+    changed = bytearray(data)
+    changed[index] ^= 0x01
+    return bytes(changed)
+
+
+# asyncssh reads a ChaCha20-Poly1305 packet's length from its first 8 bytes.
+CHACHA_FIRST_BLOCK = 8
+
+
+class Keys:
+    """One direction's key, and ChaCha20-Poly1305 encryptions made from it."""
+
+    def __init__(self) -> None:
+        self.key = os.urandom(64)
+        self.block = CHACHA_FIRST_BLOCK
+
+    def asyncssh(self) -> Any:
+        return asyncssh.encryption.ChachaEncryption.new(
+            "chacha20-poly1305", self.key, b""
+        )
+
+    def lean(self) -> Any:
+        return transport.ChachaPoly1305Encryption.new(
+            "chacha20-poly1305", self.key, b""
+        )
+
+
+def test_lean_chacha_is_byte_identical_to_asyncssh() -> None:
+    keys = Keys()
+    theirs_seal, theirs_open = keys.asyncssh(), keys.asyncssh()
+    ours_seal, ours_open = keys.lean(), keys.lean()
+
+    for seq, packet in _random_packets(keys.block):
+        header = len(packet).to_bytes(4, "big")
+        expected = _seal(theirs_seal, seq, packet)
+        sealed = _seal(ours_seal, seq, packet)
+        assert sealed == expected, (seq, len(packet))
+
+        # asyncssh opens ours, and ours opens asyncssh's.
+        assert _open(theirs_open, seq, *sealed, keys.block) == (header, packet)
+        assert _open(ours_open, seq, *expected, keys.block) == (header, packet)
+
+
+def test_lean_chacha_rejects_a_changed_tag_length_or_payload() -> None:
+    keys = Keys()
+    for seq, packet in _random_packets(keys.block)[:50]:
+        sealed, mac = _seal(keys.asyncssh(), seq, packet)
+        payload_index = keys.block + seq % (len(sealed) - keys.block)
+        header = len(packet).to_bytes(4, "big")
+
+        # Unchanged, it opens: the failures below are the changes' doing.
+        assert _open(keys.lean(), seq, sealed, mac, keys.block) == (header, packet)
+        for changed_sealed, changed_mac in [
+            (sealed, _flip_a_bit(mac, seq % len(mac))),
+            (_flip_a_bit(sealed, payload_index), mac),
+            (_flip_a_bit(sealed, seq % 4), mac),
+        ]:
+            _length, payload = _open(
+                keys.lean(), seq, changed_sealed, changed_mac, keys.block
+            )
+            assert payload is None
+
+
+def test_a_fresh_interpreter_installs_every_tuning() -> None:
+    """What the zygote does at start, in a process of its own."""
+
+    script = (
+        "import asyncssh.encryption, json\n"
+        "from asyncssh.connection import SSHConnection\n"
+        "from sftpjail import transport\n"
+        "installed = transport.install_tunings()\n"
+        "again = transport.install_tunings()\n"
+        "registry = asyncssh.encryption._enc_params\n"
+        "print(json.dumps({\n"
+        "    'installed': installed,\n"
+        "    'again': again,\n"
+        "    'send': SSHConnection._send.__name__,\n"
+        "    'send_packet': SSHConnection.send_packet.__name__,\n"
+        "    'chacha': registry[b'chacha20-poly1305@openssh.com'][0].__name__,\n"
+        "    'gcm': registry[b'aes128-gcm@openssh.com'][0].__name__,\n"
+        "}))\n"
+    )
+
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    state = json.loads(completed.stdout)
+    assert state["installed"] == [tuning.name for tuning in transport.TUNINGS]
+    assert state["again"] == state["installed"]
+    assert state["send"] == "send_through_outbox"
+    assert state["send_packet"] == "send_packet_without_empty_ignore"
+    assert state["chacha"] == "ChachaPoly1305Encryption"
+    # AES-GCM stays asyncssh's: one AESGCM per direction saved too little.
+    assert state["gcm"] == "GCMEncryption"
+
+
+def test_lean_chacha_is_left_out_when_asyncssh_lacks_chacha(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = asyncssh.encryption._enc_params
+    monkeypatch.delitem(registry, transport.CHACHA_NAME)
+    before = dict(registry)
+    lean_chacha = next(t for t in transport.TUNINGS if "ChaCha20" in t.name)
+
+    with pytest.raises(transport.TuningUnavailableError, match="offers no chacha"):
+        lean_chacha.install()
+
+    assert registry == before
