@@ -57,6 +57,8 @@ logger = logging.getLogger("sftpjail.supervisor")
 _MAX_FAILURE_DELAY = 8.0
 # The audit reason of a login refused while the shared store is away.
 DATABASE_UNREACHABLE = "user database unreachable"
+# ... and of a good login whose home cannot be prepared (replaced by a link).
+HOME_UNAVAILABLE = "home unavailable"
 
 
 class Logins:
@@ -98,7 +100,7 @@ class Logins:
                 session.granted[user.name] = (user, request.method)
                 self.sessions.reply(session, grant_reply(home, user))
                 return
-            reason = "home unavailable"
+            reason = HOME_UNAVAILABLE
 
         self._refuse(session, request, reason)
 
@@ -188,9 +190,10 @@ class Logins:
         self.metrics.authentication(request.method, accepted=False)
         _log_failure(session, request, reason)
 
-        # The client is not to blame for an outage: nothing is scored.
+        # The client is not to blame for the server's faults (a database
+        # outage, a broken home): nothing is scored.
         ban = None
-        if reason != DATABASE_UNREACHABLE:
+        if reason not in (DATABASE_UNREACHABLE, HOME_UNAVAILABLE):
             ban = self._score_failure(session, request)
         exhausted = session.failures >= limits.max_auth_attempts or ban is not None
 
