@@ -448,6 +448,7 @@ def test_a_fresh_interpreter_installs_every_tuning() -> None:
         "    'again': again,\n"
         "    'send': SSHConnection._send.__name__,\n"
         "    'send_packet': SSHConnection.send_packet.__name__,\n"
+        "    'data_received': SSHConnection.data_received.__name__,\n"
         "    'chacha': registry[b'chacha20-poly1305@openssh.com'][0].__name__,\n"
         "    'gcm': registry[b'aes128-gcm@openssh.com'][0].__name__,\n"
         "}))\n"
@@ -463,6 +464,7 @@ def test_a_fresh_interpreter_installs_every_tuning() -> None:
     assert state["again"] == state["installed"]
     assert state["send"] == "send_through_outbox"
     assert state["send_packet"] == "send_packet_without_empty_ignore"
+    assert state["data_received"] == "data_received_in_pieces"
     assert state["chacha"] == "ChachaPoly1305Encryption"
     # AES-GCM stays asyncssh's: one AESGCM per direction saved too little.
     assert state["gcm"] == "GCMEncryption"

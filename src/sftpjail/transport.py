@@ -196,6 +196,39 @@ def _coalesce_writes() -> None:
     _replace(SSHConnection, "_send", send_through_outbox)
 
 
+# -- parse received data one packet's worth at a time ----------------------
+
+# About one full channel packet: small enough to bound each copy, large
+# enough that a piece rarely leaves a sliver of a packet behind.
+_PIECE_BYTES = 32 * 1024
+
+
+def _parse_in_pieces() -> None:
+    """Hand asyncssh's parser what arrives one packet's worth at a time.
+
+    asyncssh 2.24 keeps received bytes in an immutable `bytes` and, for
+    every packet, slices off the header and then the packet, copying all
+    that is left each time.  asyncio reads up to 256 KiB at once, so on an
+    upload each 32 KiB packet could copy up to 256 KiB, twice.  Handing
+    the parser 32 KiB at a time bounds every copy to about a packet (on an
+    upload, about a sixth less CPU per GiB here).  The parser already
+    takes data split anywhere, as TCP may split it; what changes is only
+    that parsing stops between pieces once the connection has closed.
+    """
+
+    def data_received_in_pieces(
+        connection: SSHConnection, data: bytes, datatype: Any = None
+    ) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), _PIECE_BYTES):
+            connection._inpbuf += view[start : start + _PIECE_BYTES]
+            connection._recv_data()
+            if not connection._transport:
+                return
+
+    _replace(SSHConnection, "data_received", data_received_in_pieces)
+
+
 # -- ChaCha20-Poly1305 with fewer cipher objects ---------------------------
 #
 # The same bytes as asyncssh's own class; tests/test_transport.py compares
@@ -343,6 +376,16 @@ TUNINGS = (
             "asyncssh.encryption:ChachaEncryption.decrypt_packet": (),
         },
         install=_use_lean_chacha,
+    ),
+    Tuning(
+        "parse in packet-sized pieces",
+        needs={
+            "asyncssh.connection:SSHConnection.data_received": (
+                "_inpbuf",
+                "_recv_data",
+            ),
+        },
+        install=_parse_in_pieces,
     ),
 )
 
