@@ -37,8 +37,8 @@ def write_config(directory: Path, *listen: str) -> Path:
     config.write_text(
         "[server]\n"
         f"listen = [{addresses}]\n"
-        f'data_dir = "{directory}"\n'
-        f'state_dir = "{directory}"\n'
+        f'data_dir = "{directory / "data"}"\n'
+        f'state_dir = "{directory / "state"}"\n'
         f'users_file = "{directory / "users.toml"}"\n'
     )
     return config

@@ -8,6 +8,7 @@ this machine's kernel, because a sandbox cannot be taken off again.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import logging
 import os
@@ -277,7 +278,14 @@ def test_worker_policy_follows_the_config(tmp_path: Path) -> None:
 def test_worker_policy_refuses_layouts_that_leak(
     tmp_path: Path, setting: dict[str, str], complaint: str
 ) -> None:
-    config = load_config(write_config(tmp_path, **setting))
+    # load_config refuses the first two layouts already; the policy checks
+    # again for a Config built some other way, so it is built directly here.
+    fields = {key: Path(value.strip('"')) for key, value in setting.items()}
+    fields = {
+        key: path if path.is_absolute() else tmp_path / path
+        for key, path in fields.items()
+    }
+    config = dataclasses.replace(load_config(write_config(tmp_path)), **fields)
 
     with pytest.raises(SandboxError, match=complaint):
         worker_policy(config)
