@@ -548,23 +548,28 @@ def test_host_keys_survive_a_restart(lab: ServerLab) -> None:
 
 
 def test_invalid_config_exits_2_and_starts_nothing(lab: ServerLab) -> None:
-    lab.config_file.write_text(
-        lab.config_file.read_text().replace(
-            f"127.0.0.1:{lab.port}", "127.0.0.1:notaport"
-        )
-    )
-
-    completed = subprocess.run(
-        ["python", "-m", "sftpjail", "serve", "--config", str(lab.config_file)],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    completed = _serve_with_changed_config(
+        lab, f"127.0.0.1:{lab.port}", "127.0.0.1:notaport"
     )
 
     assert completed.returncode == 2
     assert "server.listen" in completed.stderr
     assert completed.stderr.count("\n") == 1
     assert not lab.state_dir.exists()
+
+
+def _serve_with_changed_config(
+    lab: ServerLab, old: str, new: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `sftpjail serve` once with `old` replaced by `new` in the config."""
+
+    lab.config_file.write_text(lab.config_file.read_text().replace(old, new))
+    return subprocess.run(
+        ["python", "-m", "sftpjail", "serve", "--config", str(lab.config_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _free_port() -> int:
@@ -735,17 +740,8 @@ def test_secrets_inside_data_dir_are_refused_before_anything_starts(
 ) -> None:
     # Every worker can read data_dir before login: host keys there would be
     # readable by any worker taken over during the handshake.
-    lab.config_file.write_text(
-        lab.config_file.read_text().replace(
-            f'state_dir = "{lab.state_dir}"', f'state_dir = "{lab.data_dir}/keys"'
-        )
-    )
-
-    completed = subprocess.run(
-        ["python", "-m", "sftpjail", "serve", "--config", str(lab.config_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    completed = _serve_with_changed_config(
+        lab, f'state_dir = "{lab.state_dir}"', f'state_dir = "{lab.data_dir}/keys"'
     )
 
     assert completed.returncode == 2
