@@ -57,6 +57,20 @@ def test_a_missing_internal_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "asyncssh has no asyncssh.connection:SSHConnection.send_packet" in reasons
 
 
+def test_an_internal_that_changed_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    def send_elsewhere(connection: SSHConnection, data: bytes) -> None:
+        del connection, data
+
+    monkeypatch.setattr(SSHConnection, "_send", send_elsewhere)
+
+    reasons = [tuning.unavailable(asyncssh.__version__) for tuning in transport.TUNINGS]
+
+    assert (
+        "asyncssh.connection:SSHConnection._send no longer uses _transport, write"
+        in reasons
+    )
+
+
 def _sftp_debug_log(lab: ServerLab, user: str, commands: str) -> str:
     """Run `sftp` with the client's packet-level debug log; return that log."""
 
