@@ -24,17 +24,21 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import asyncssh
 import asyncssh.encryption
 from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_IGNORE
 from asyncssh.encryption import Encryption
+from asyncssh.logging import SSHLogger
+from asyncssh.packet import SSHPacketLogger
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from sftpjail import sftp_pipeline
 
 logger = logging.getLogger("sftpjail.transport")
 
@@ -245,20 +249,16 @@ _ONE_BLOCK_OF_ZEROS = bytes(64)
 _COUNTER_ZERO = bytes(8)
 
 
-class ChachaPoly1305Encryption(Encryption):
-    """chacha20-poly1305@openssh.com with two cipher objects per packet.
+class AeadEncryption(Encryption):
+    """A cipher mode that authenticates each packet itself, with a 16-byte tag.
 
-    asyncssh's `ChachaCipher` builds three ChaCha20 streams per packet (the
-    length, the Poly1305 key, the payload) and joins header and payload
-    before computing the tag.  The Poly1305 key is block 0 of the payload
-    key's stream, and the payload starts at block 1 of that same stream,
-    so one stream serves both; the tag takes header and payload in two
-    updates.
+    What asyncssh asks of the class before a connection uses it: no MAC
+    algorithm is negotiated with it, and the tag follows the packet
+    ("encrypt then MAC" order, in asyncssh's terms).
     """
 
-    def __init__(self, key: bytes) -> None:
-        self._payload_key = key[:32]
-        self._length_key = key[32:]
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        raise NotImplementedError
 
     @classmethod
     def new(
@@ -269,10 +269,10 @@ class ChachaPoly1305Encryption(Encryption):
         mac_alg: bytes = b"",
         mac_key: bytes = b"",
         etm: bool = False,
-    ) -> ChachaPoly1305Encryption:
+    ) -> Self:
         """An encryption for one direction of a connection."""
 
-        return cls(key)
+        return cls(key, iv)
 
     @classmethod
     def needs_mac(cls) -> bool:
@@ -282,9 +282,26 @@ class ChachaPoly1305Encryption(Encryption):
 
     @classmethod
     def get_mac_params(cls, mac_alg: bytes) -> tuple[int, int, bool]:
-        """No MAC key, a 16-byte tag, and the length is not in the clear."""
+        """No MAC key, a 16-byte tag, after the encrypted packet."""
 
         return 0, TAG_BYTES, True
+
+
+class ChachaPoly1305Encryption(AeadEncryption):
+    """chacha20-poly1305@openssh.com with two cipher objects per packet.
+
+    asyncssh's `ChachaCipher` builds three ChaCha20 streams per packet (the
+    length, the Poly1305 key, the payload) and joins header and payload
+    before computing the tag.  The Poly1305 key is block 0 of the payload
+    key's stream, and the payload starts at block 1 of that same stream,
+    so one stream serves both; the tag takes header and payload in two
+    updates.
+    """
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        # No IV: the packet's sequence number is the nonce.
+        self._payload_key = key[:32]
+        self._length_key = key[32:]
 
     def encrypt_packet(
         self, seq: int, header: bytes, packet: bytes
@@ -346,6 +363,57 @@ def _use_lean_chacha() -> None:
     logger.debug("Replaced the encryption of %s.", CHACHA_NAME.decode())
 
 
+# -- no log formatting for messages nobody logs ------------------------------
+
+
+def _log_only_what_is_logged() -> None:
+    """Skip asyncssh's log formatting when the message would be dropped.
+
+    asyncssh 2.24's `SSHLogger.log` turns every argument into text before
+    the logging module checks the level, and `_log_packet` names the
+    packet type and counts its bytes for every packet sent or received,
+    at every level: per SFTP request, several string formats for nothing.
+    Both now return first when the message would not be logged; at a
+    level where it would be, asyncssh's own code runs.
+    """
+
+    log = SSHLogger.log
+    log_packet = SSHPacketLogger._log_packet
+
+    def log_if_enabled(
+        adapter: SSHLogger, level: int, msg: object, *args: Any, **kwargs: Any
+    ) -> None:
+        if adapter.isEnabledFor(level):
+            log(adapter, level, msg, *args, **kwargs)
+
+    def log_packet_if_enabled(packet_logger: SSHPacketLogger, *args: Any) -> None:
+        if SSHLogger._debug_level >= _PACKET_DEBUG_LEVEL and (
+            packet_logger.logger.isEnabledFor(logging.DEBUG)
+        ):
+            log_packet(packet_logger, *args)
+
+    _replace(SSHLogger, "log", log_if_enabled)
+    _replace(SSHPacketLogger, "_log_packet", log_packet_if_enabled)
+
+
+# asyncssh logs packets only at its debug level 3 (`set_debug_level`).
+_PACKET_DEBUG_LEVEL = 3
+
+
+# -- SFTP requests and replies in batches -----------------------------------
+
+
+def _batch_sftp_requests() -> None:
+    """Serve SFTP sessions with `sftp_pipeline.PipelinedSFTPHandler`.
+
+    The handler subclasses asyncssh's `SFTPServerHandler` and replaces its
+    request loop and its `send_packet`; the worker's session builds it in
+    place of asyncssh's `run_sftp_server`.
+    """
+
+    sftp_pipeline.enable()
+
+
 TUNINGS = (
     Tuning(
         "no empty ignore packets",
@@ -386,6 +454,37 @@ TUNINGS = (
             ),
         },
         install=_parse_in_pieces,
+    ),
+    Tuning(
+        "log formatting only when logged",
+        needs={
+            "asyncssh.logging:SSHLogger.log": ("log",),
+            "asyncssh.packet:SSHPacketLogger._log_packet": ("logger", "packet"),
+            "asyncssh.logging:SSHLogger.packet": ("_debug_level",),
+        },
+        install=_log_only_what_is_logged,
+    ),
+    Tuning(
+        "batched SFTP requests",
+        # What PipelinedSFTPHandler relies on: the loop it replaces reads
+        # with recv_packet and answers with _process_packet, which replies
+        # through send_packet; the stream session starts the handler with
+        # run_sftp_server, which the worker's session does instead.
+        needs={
+            "asyncssh.sftp:SFTPHandler.recv_packets": (
+                "recv_packet",
+                "_process_packet",
+                "_cleanup",
+            ),
+            "asyncssh.sftp:SFTPHandler.recv_packet": ("readexactly",),
+            "asyncssh.sftp:SFTPHandler.send_packet": ("_writer", "write"),
+            "asyncssh.sftp:SFTPServerHandler._process_packet": ("send_packet",),
+            "asyncssh.stream:SSHServerStreamSession.session_started": (
+                "run_sftp_server",
+                "_init_sftp_server",
+            ),
+        },
+        install=_batch_sftp_requests,
     ),
 )
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
-from asyncssh.stream import SSHServerStreamSession
+from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 
-from sftpjail import ipc, sandbox
+from sftpjail import ipc, sandbox, sftp_pipeline
 from sftpjail.audit import audit
 from sftpjail.config import Config
 from sftpjail.hostkeys import HostKey
@@ -606,6 +606,21 @@ class SftpOnlySession(SSHServerStreamSession[bytes]):
 
     def _make_sftp_server(self, channel: Any) -> JailedSFTPServer:
         return JailedSFTPServer(channel, self._owner.sftp_context())
+
+    def session_started(self) -> None:
+        """Serve SFTP with the batching request loop when it is in place."""
+
+        if not sftp_pipeline.enabled():
+            super().session_started()
+            return
+        channel, connection = self._chan, self._conn
+        assert channel is not None and connection is not None
+        reader: SSHReader[bytes] = SSHReader(self, channel)
+        writer: SSHWriter[bytes] = SSHWriter(self, channel)
+        handler = sftp_pipeline.PipelinedSFTPHandler(
+            self._make_sftp_server(channel), reader, writer, self._sftp_version
+        )
+        connection.create_task(handler.run(), reader.logger)
 
     def subsystem_requested(self, subsystem: str) -> bool:
         if subsystem != "sftp":

@@ -1,0 +1,242 @@
+"""The SFTP request loop: requests taken in batches, replies sent in batches.
+
+Theory of operation.  An SFTP client keeps many requests in flight (the
+OpenSSH client up to 64 reads or writes of 32 KiB), and asyncssh 2.24's
+server handler takes them one at a time: two waits on the channel's
+stream per request (the length, then the body), and each reply written
+to the channel on its own.  Each reply then becomes SSH packets of its
+own: a 32 KiB read reply is 13 bytes too big for the client's 32 KiB
+channel packets, so it goes out as a full packet and a 13-byte one, and
+each status reply to a write is one more small packet.  Every SSH packet
+costs an encryption and framing in Python.
+
+`PipelinedSFTPHandler` reads whatever the channel holds at once, answers
+every complete request in it in order, and writes the replies together.
+The channel cuts the joined replies into full packets: a batch of 64 read
+replies goes out as 65 packets instead of 128, and the status replies to
+a batch of writes share one packet.
+
+Requests are still answered one after the other, in the order they
+arrived, so the server code keeps the guarantee it relies on (nothing
+else runs between the parts of a request that do not wait).  Replies
+wait only until the requests that arrived with them are answered; a
+batch that grows past `FLUSH_BYTES` is written at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import struct
+from typing import Any
+
+from asyncssh.constants import FXP_DATA, FXP_READ
+from asyncssh.misc import Error
+from asyncssh.packet import Byte, PacketDecodeError, SSHPacket, UInt32
+from asyncssh.sftp import (
+    MAX_SFTP_PACKET_LEN,
+    SFTPBadMessage,
+    SFTPNoConnection,
+    SFTPServerHandler,
+)
+
+logger = logging.getLogger("sftpjail.sftp_pipeline")
+
+# The most a single read from the channel's stream takes: the channel
+# window of an OpenSSH client is 2 MiB, so this is what a busy client can
+# have in flight, and no more is copied at once.
+READ_BYTES = 2 * 1024 * 1024
+
+# Write the replies gathered so far once they reach this size, so a batch
+# of large read replies does not wait for the last of them.
+FLUSH_BYTES = 512 * 1024
+
+# The length prefix of an SFTP packet.
+_LENGTH_BYTES = 4
+
+# SSH_FXP_READ after its length: type, request id, handle (a string),
+# offset (uint64), length (uint32).
+_READ_TYPE = bytes([FXP_READ])
+_READ_HEAD = struct.Struct(">BII")
+_READ_TAIL = struct.Struct(">QI")
+
+# SSH_FXP_DATA up to its data: length, type, request id, data length.
+_DATA_HEAD = struct.Struct(">IBII")
+# What the length of an SSH_FXP_DATA packet counts besides the data.
+_DATA_OVERHEAD = _DATA_HEAD.size - _LENGTH_BYTES
+
+# Set by `enable`, which sftpjail.transport calls once it has checked that
+# asyncssh is the version this handler was written against.
+_enabled = False
+
+
+def enable() -> None:
+    """Serve SFTP sessions with PipelinedSFTPHandler from now on."""
+
+    global _enabled
+    _enabled = True
+
+
+def enabled() -> bool:
+    """Whether sessions use PipelinedSFTPHandler (else asyncssh's handler)."""
+
+    return _enabled
+
+
+class PipelinedSFTPHandler(SFTPServerHandler):
+    """asyncssh's SFTP server handler, taking requests and replies in batches."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._replies: list[bytes] = []
+        self._reply_bytes = 0
+        self._batching = False
+
+    def send_packet(self, pkttype: int, pktid: int | None, *args: bytes) -> None:
+        """Queue a reply while a batch is answered; otherwise send it now."""
+
+        if not self._batching:
+            super().send_packet(pkttype, pktid, *args)
+            return
+        if not self._writer:
+            raise SFTPNoConnection("Connection not open")
+        if self._writer.channel.is_closing():
+            return
+
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.log_sent_packet(pkttype, pktid, Byte(pkttype) + b"".join(args))
+        body_bytes = 1 + sum(len(arg) for arg in args)
+        self._queue_reply(UInt32(body_bytes) + Byte(pkttype), *args)
+
+    def _flush_replies(self) -> None:
+        """Write the queued replies to the channel in one piece."""
+
+        if not self._replies:
+            return
+        replies = b"".join(self._replies)
+        self._replies.clear()
+        self._reply_bytes = 0
+        if self._writer and not self._writer.channel.is_closing():
+            self._writer.write(replies)
+
+    async def recv_packets(self) -> None:
+        """Answer requests until the client closes the channel."""
+
+        received = bytearray()
+        try:
+            while self._reader:
+                data = await self._reader.read(READ_BYTES)
+                if not data:
+                    raise EOFError
+                received += data
+                await self._answer_batch(received)
+        except PacketDecodeError as exc:
+            await self._cleanup(SFTPBadMessage(str(exc)))
+        except EOFError:
+            await self._cleanup(None)
+        except (OSError, Error) as exc:
+            await self._cleanup(exc)
+
+    async def _answer_batch(self, received: bytearray) -> None:
+        """Answer every complete request in `received`, then drop them."""
+
+        self._batching = True
+        try:
+            for request in _complete_packets(received):
+                await self._answer(request)
+        finally:
+            self._batching = False
+            self._flush_replies()
+
+    async def _answer(self, request: bytes) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            # asyncssh's path logs every request and reply.
+            await self._process_request(request)
+        elif request[:1] == _READ_TYPE and self._version <= 3:
+            await self._answer_read(request)
+        else:
+            await self._process_request(request)
+
+    async def _process_request(self, request: bytes) -> None:
+        """Answer a request the way asyncssh's handler does."""
+
+        packet = SSHPacket(request)
+        pkttype = packet.get_byte()
+        pktid = packet.get_uint32()
+        self.log_received_packet(pkttype, pktid, packet)
+        await self._process_packet(pkttype, pktid, packet)
+
+    async def _answer_read(self, request: bytes) -> None:
+        """Answer a read, queueing the data without copying it into a reply.
+
+        Only a read that returns data is answered here.  A malformed
+        request, an unknown handle, end of file and every error go to
+        asyncssh's path, which reads again and encodes the answer: a read
+        changes nothing, so reading twice is harmless.
+        """
+
+        read = _parse_read(request)
+        file_obj = self._file_handles.get(read[1]) if read is not None else None
+        if read is None or file_obj is None:
+            await self._process_request(request)
+            return
+        pktid, _handle, offset, length = read
+
+        try:
+            data = self._server.read(file_obj, offset, length)
+            if inspect.isawaitable(data):
+                data = await data
+        except Exception:
+            # asyncssh's path reads again and reports the error as it does.
+            data = b""
+        if not data:
+            await self._process_request(request)
+            return
+
+        self._queue_reply(
+            _DATA_HEAD.pack(_DATA_OVERHEAD + len(data), FXP_DATA, pktid, len(data)),
+            data,
+        )
+
+    def _queue_reply(self, *pieces: bytes) -> None:
+        self._replies.extend(pieces)
+        self._reply_bytes += sum(len(piece) for piece in pieces)
+        if self._reply_bytes >= FLUSH_BYTES:
+            self._flush_replies()
+
+
+def _parse_read(request: bytes) -> tuple[int, bytes, int, int] | None:
+    """Request id, handle, offset and length of a read; None if malformed."""
+
+    if len(request) < _READ_HEAD.size:
+        return None
+    _pkttype, pktid, handle_length = _READ_HEAD.unpack_from(request)
+    handle_end = _READ_HEAD.size + handle_length
+    if len(request) != handle_end + _READ_TAIL.size:
+        return None
+    offset, length = _READ_TAIL.unpack_from(request, handle_end)
+    return pktid, request[_READ_HEAD.size : handle_end], offset, length
+
+
+def _complete_packets(received: bytearray) -> list[bytes]:
+    """Take the complete SFTP packets off the front of `received`, unframed.
+
+    What is left is the start of a packet whose rest has not arrived.
+    Raises SFTPBadMessage for a length over the protocol's limit, as
+    asyncssh does: the session ends, since nothing after it can be framed.
+    """
+
+    packets = []
+    start = 0
+    with memoryview(received) as view:
+        while len(view) - start >= _LENGTH_BYTES:
+            length = int.from_bytes(view[start : start + _LENGTH_BYTES], "big")
+            if length > MAX_SFTP_PACKET_LEN:
+                raise SFTPBadMessage("Max packet size exceeded")
+            end = start + _LENGTH_BYTES + length
+            if end > len(view):
+                break
+            packets.append(bytes(view[start + _LENGTH_BYTES : end]))
+            start = end
+    del received[:start]
+    return packets
