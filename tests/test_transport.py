@@ -447,6 +447,67 @@ def test_lean_chacha_rejects_a_changed_tag_length_or_payload() -> None:
             assert payload is None
 
 
+# -- the lean AES-GCM against asyncssh's own, byte for byte -----------------
+
+GCM_BLOCK = 16
+TAG_BYTES = transport.TAG_BYTES
+GCM_KEY_BYTES = {"aes128-gcm": 16, "aes256-gcm": 32}
+
+
+def _gcm_key(cipher_name: str) -> tuple[bytes, bytes]:
+    """A key and IV; the nonce's counter wraps to zero at the second packet."""
+
+    key = os.urandom(GCM_KEY_BYTES[cipher_name])
+    return key, os.urandom(4) + (2**64 - 1).to_bytes(8, "big")
+
+
+def _asyncssh_gcm(cipher_name: str, key: bytes, iv: bytes) -> Any:
+    return asyncssh.encryption.GCMEncryption.new(cipher_name, key, iv)
+
+
+def _lean_gcm(cipher_name: str, key: bytes, iv: bytes) -> Any:
+    return transport.AesGcmEncryption.new(cipher_name, key, iv)
+
+
+@pytest.mark.parametrize("cipher_name", sorted(GCM_KEY_BYTES))
+def test_lean_gcm_is_byte_identical_to_asyncssh(cipher_name: str) -> None:
+    key, iv = _gcm_key(cipher_name)
+    theirs_seal, theirs_open = (_asyncssh_gcm(cipher_name, key, iv) for _ in "ab")
+    ours_seal, ours_open = (_lean_gcm(cipher_name, key, iv) for _ in "ab")
+
+    for seq, packet in _random_packets(GCM_BLOCK):
+        header = len(packet).to_bytes(4, "big")
+        expected = b"".join(_seal(theirs_seal, seq, packet))
+        sealed = b"".join(_seal(ours_seal, seq, packet))
+        assert sealed == expected, (seq, len(packet))
+
+        # Each opens what the other sealed, split where the connection splits.
+        body, tag = sealed[:-TAG_BYTES], sealed[-TAG_BYTES:]
+        assert _open(theirs_open, seq, body, tag, GCM_BLOCK) == (header, packet)
+        assert _open(ours_open, seq, body, tag, GCM_BLOCK) == (header, packet)
+
+
+def test_lean_gcm_rejects_a_changed_tag_length_or_payload() -> None:
+    key, iv = _gcm_key("aes128-gcm")
+    for seq, packet in _random_packets(GCM_BLOCK)[:50]:
+        sealed = b"".join(_seal(_asyncssh_gcm("aes128-gcm", key, iv), seq, packet))
+        body, tag = sealed[:-TAG_BYTES], sealed[-TAG_BYTES:]
+        header = len(packet).to_bytes(4, "big")
+        payload_index = 4 + seq % (len(body) - 4)
+
+        # Unchanged, it opens: the failures below are the changes' doing.
+        opened = _open(_lean_gcm("aes128-gcm", key, iv), seq, body, tag, GCM_BLOCK)
+        assert opened == (header, packet)
+        for changed_body, changed_tag in [
+            (body, _flip_a_bit(tag, seq % len(tag))),
+            (_flip_a_bit(body, payload_index), tag),
+            (_flip_a_bit(body, seq % 4), tag),
+        ]:
+            opener = _lean_gcm("aes128-gcm", key, iv)
+            _length, payload = _open(opener, seq, changed_body, changed_tag, GCM_BLOCK)
+            assert payload is None
+
+
 def test_a_fresh_interpreter_installs_every_tuning() -> None:
     """What the zygote does at start, in a process of its own."""
 
@@ -480,8 +541,7 @@ def test_a_fresh_interpreter_installs_every_tuning() -> None:
     assert state["send_packet"] == "send_packet_without_empty_ignore"
     assert state["data_received"] == "data_received_in_pieces"
     assert state["chacha"] == "ChachaPoly1305Encryption"
-    # AES-GCM stays asyncssh's: one AESGCM per direction saved too little.
-    assert state["gcm"] == "GCMEncryption"
+    assert state["gcm"] == "AesGcmEncryption"
 
 
 def test_lean_chacha_is_left_out_when_asyncssh_lacks_chacha(

@@ -33,8 +33,9 @@ from asyncssh.constants import MSG_IGNORE
 from asyncssh.encryption import Encryption
 from asyncssh.logging import SSHLogger
 from asyncssh.packet import SSHPacketLogger
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
@@ -414,6 +415,76 @@ def _batch_sftp_requests() -> None:
     sftp_pipeline.enable()
 
 
+# -- AES-GCM with one cipher per direction and fewer copies ------------------
+
+GCM_NAMES = (b"aes128-gcm@openssh.com", b"aes256-gcm@openssh.com")
+# RFC 5647: a 12-byte nonce, a fixed 4-byte field and an 8-byte invocation
+# counter that grows by one per packet, wrapping at 2^64.
+_GCM_FIXED_BYTES = 4
+_GCM_COUNTER_MASK = (1 << 64) - 1
+
+
+class AesGcmEncryption(AeadEncryption):
+    """aes128-gcm and aes256-gcm@openssh.com, the same bytes as asyncssh's.
+
+    asyncssh 2.24 builds an AESGCM object (a key schedule) per packet, cuts
+    the tag off the sealed packet and lets the connection join it on
+    again, and joins a received packet's parts twice before opening it.
+    Here each direction keeps one AESGCM and the invocation counter of the
+    nonce; a sealed packet goes out as one piece (the connection appends
+    an empty MAC, which copies nothing), and a received one is joined once.
+    """
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._aead = AESGCM(key)
+        self._fixed = iv[:_GCM_FIXED_BYTES]
+        self._invocation = int.from_bytes(iv[_GCM_FIXED_BYTES:], "big")
+
+    def _next_nonce(self) -> bytes:
+        nonce = self._fixed + self._invocation.to_bytes(8, "big")
+        self._invocation = (self._invocation + 1) & _GCM_COUNTER_MASK
+        return nonce
+
+    def encrypt_packet(
+        self, seq: int, header: bytes, packet: bytes
+    ) -> tuple[bytes, bytes]:
+        """The length in the clear, the sealed packet and its tag, in one."""
+
+        return header + self._aead.encrypt(self._next_nonce(), packet, header), b""
+
+    def decrypt_header(
+        self, seq: int, first_block: bytes, header_len: int
+    ) -> tuple[bytes, bytes]:
+        """The length is in the clear, authenticated with the packet."""
+
+        return first_block, first_block[:header_len]
+
+    def decrypt_packet(
+        self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        """Check the tag and open the packet; None if the tag is wrong."""
+
+        nonce = self._next_nonce()
+        sealed = b"".join((first[header_len:], rest, mac))
+        try:
+            return self._aead.decrypt(nonce, sealed, first[:header_len])
+        except InvalidTag:
+            return None
+
+
+def _use_lean_gcm() -> None:
+    """Make asyncssh build AesGcmEncryption for the AES-GCM ciphers."""
+
+    registry = asyncssh.encryption._enc_params
+    missing = [name.decode() for name in GCM_NAMES if name not in registry]
+    if missing:
+        raise TuningUnavailableError(f"asyncssh offers no {', '.join(missing)}")
+    for name in GCM_NAMES:
+        _asyncssh_class, cipher_name = registry[name]
+        registry[name] = (AesGcmEncryption, cipher_name)
+        logger.debug("Replaced the encryption of %s.", name.decode())
+
+
 TUNINGS = (
     Tuning(
         "no empty ignore packets",
@@ -444,6 +515,17 @@ TUNINGS = (
             "asyncssh.encryption:ChachaEncryption.decrypt_packet": (),
         },
         install=_use_lean_chacha,
+    ),
+    Tuning(
+        "lean AES-GCM",
+        needs={
+            "asyncssh.encryption:get_encryption": ("_enc_params", "new"),
+            "asyncssh.encryption:GCMEncryption.decrypt_packet": (),
+            # The connection opens what it read with decrypt_header, then
+            # decrypt_packet (it sends `packet + mac` from encrypt_packet).
+            "asyncssh.connection:SSHConnection._recv_packet": ("decrypt_packet",),
+        },
+        install=_use_lean_gcm,
     ),
     Tuning(
         "parse in packet-sized pieces",
