@@ -11,7 +11,7 @@ import asyncio
 import os
 import struct
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import asyncssh
@@ -79,13 +79,12 @@ class RawSftp(asyncssh.SSHClientSession[bytes]):
         return found
 
 
-@asynccontextmanager
-async def raw_sftp(
+def _connect(
     lab: ServerLab, user: str, key: ClientKey
-) -> AsyncIterator[tuple[asyncssh.SSHClientChannel[bytes], RawSftp]]:
-    """A connected SFTP channel past the version exchange."""
+) -> AbstractAsyncContextManager[asyncssh.SSHClientConnection]:
+    """An asyncssh client connection to the lab, with only this key."""
 
-    async with asyncssh.connect(
+    return asyncssh.connect(
         "127.0.0.1",
         lab.port,
         username=user,
@@ -93,7 +92,16 @@ async def raw_sftp(
         client_keys=[str(key.private)],
         agent_path=None,
         preferred_auth="publickey",
-    ) as connection:
+    )
+
+
+@asynccontextmanager
+async def raw_sftp(
+    lab: ServerLab, user: str, key: ClientKey
+) -> AsyncIterator[tuple[asyncssh.SSHClientChannel[bytes], RawSftp]]:
+    """A connected SFTP channel past the version exchange."""
+
+    async with _connect(lab, user, key) as connection:
         channel, session = await connection.create_session(
             RawSftp, subsystem="sftp", encoding=None
         )
@@ -244,3 +252,49 @@ def test_a_request_longer_than_the_protocol_allows_ends_the_session(
             return session.closed.is_set()
 
     assert asyncio.run(run())
+
+
+def test_a_long_listing_arrives_whole_with_asyncssh_long_names(
+    lab: ServerLab,
+) -> None:
+    """300 entries take three readdir replies; each entry is as on disk."""
+
+    key = lab.add_user("alice")
+    lab.start()
+    listed = lab.data_dir / "alice" / "many"
+    listed.mkdir()
+    for number in range(300):
+        (listed / f"file-{number:03}").write_bytes(b"x" * number)
+
+    async def run() -> list[asyncssh.SFTPName]:
+        async with _connect(lab, "alice", key) as connection:
+            async with connection.start_sftp_client() as sftp:
+                return await sftp.readdir("many")
+
+    entries = {entry.filename: entry for entry in asyncio.run(run())}
+
+    assert set(entries) == {".", ".."} | {f"file-{n:03}" for n in range(300)}
+    entry = entries["file-042"]
+    on_disk = os.lstat(listed / "file-042")
+    assert entry.attrs.size == 42
+    assert entry.attrs.permissions == on_disk.st_mode
+    assert entry.attrs.mtime == int(on_disk.st_mtime)
+    assert isinstance(entry.longname, str)
+    assert entry.longname.startswith("-rw-r--r--    1 ")
+    assert entry.longname.endswith(" file-042")
+    assert entries["."].longname.startswith("drwx")
+
+
+def test_openssh_lists_every_entry_of_a_large_directory(lab: ServerLab) -> None:
+    key = lab.add_user("alice")
+    lab.start()
+    listed = lab.data_dir / "alice" / "many"
+    listed.mkdir()
+    for number in range(300):
+        (listed / f"f{number}").write_bytes(b"")
+
+    result = lab.sftp("alice", "ls -l many\n", key=key)
+
+    lines = [line for line in result.stdout.splitlines() if line.startswith("-rw")]
+    assert len(lines) == 300
+    assert {line.split()[-1] for line in lines} == {f"f{n}" for n in range(300)}

@@ -30,7 +30,7 @@ import logging
 import struct
 from typing import Any
 
-from asyncssh.constants import FXP_DATA, FXP_READ
+from asyncssh.constants import FXP_DATA, FXP_READ, FXP_READDIR
 from asyncssh.misc import Error
 from asyncssh.packet import Byte, PacketDecodeError, SSHPacket, UInt32
 from asyncssh.sftp import (
@@ -39,6 +39,9 @@ from asyncssh.sftp import (
     SFTPNoConnection,
     SFTPServerHandler,
 )
+
+from sftpjail import sftp_names
+from sftpjail.sftp_server import DirectoryListing, JailedSFTPServer
 
 logger = logging.getLogger("sftpjail.sftp_pipeline")
 
@@ -59,6 +62,13 @@ _LENGTH_BYTES = 4
 _READ_TYPE = bytes([FXP_READ])
 _READ_HEAD = struct.Struct(">BII")
 _READ_TAIL = struct.Struct(">QI")
+
+# SSH_FXP_READDIR after its length: type, request id, handle (a string).
+_READDIR_TYPE = bytes([FXP_READDIR])
+_READDIR_HEAD = struct.Struct(">BII")
+
+# The most entries one readdir reply holds, as in asyncssh's handler.
+READDIR_ENTRIES = 128
 
 # SSH_FXP_DATA up to its data: length, type, request id, data length.
 _DATA_HEAD = struct.Struct(">IBII")
@@ -154,6 +164,8 @@ class PipelinedSFTPHandler(SFTPServerHandler):
             await self._process_request(request)
         elif request[:1] == _READ_TYPE and self._version <= 3:
             await self._answer_read(request)
+        elif request[:1] == _READDIR_TYPE and self._version == 3:
+            await self._answer_readdir(request)
         else:
             await self._process_request(request)
 
@@ -198,6 +210,29 @@ class PipelinedSFTPHandler(SFTPServerHandler):
             data,
         )
 
+    async def _answer_readdir(self, request: bytes) -> None:
+        """Answer a readdir of SFTP v3 with entries encoded on the spot.
+
+        A malformed request, an unknown handle and the end of the listing
+        go to asyncssh's path, which reports each as it does; a listing
+        that ended stays ended, so asyncssh finds no more entries either.
+        """
+
+        readdir = _parse_readdir(request)
+        listing = self._dir_handles.get(readdir[1]) if readdir is not None else None
+        if readdir is None or not isinstance(listing, DirectoryListing):
+            await self._process_request(request)
+            return
+        entries = listing.take(READDIR_ENTRIES)
+        if not entries:
+            await self._process_request(request)
+            return
+
+        server = self._server
+        assert isinstance(server, JailedSFTPServer)
+        long_names = sftp_names.LongNames(server.format_user, server.format_group)
+        self._queue_reply(sftp_names.encode_names(readdir[0], entries, long_names))
+
     def _queue_reply(self, *pieces: bytes) -> None:
         self._replies.extend(pieces)
         self._reply_bytes += sum(len(piece) for piece in pieces)
@@ -216,6 +251,17 @@ def _parse_read(request: bytes) -> tuple[int, bytes, int, int] | None:
         return None
     offset, length = _READ_TAIL.unpack_from(request, handle_end)
     return pktid, request[_READ_HEAD.size : handle_end], offset, length
+
+
+def _parse_readdir(request: bytes) -> tuple[int, bytes] | None:
+    """Request id and handle of a readdir; None if malformed."""
+
+    if len(request) < _READDIR_HEAD.size:
+        return None
+    _pkttype, pktid, handle_length = _READDIR_HEAD.unpack_from(request)
+    if len(request) != _READDIR_HEAD.size + handle_length:
+        return None
+    return pktid, request[_READDIR_HEAD.size :]
 
 
 def _complete_packets(received: bytearray) -> list[bytes]:

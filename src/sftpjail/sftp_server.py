@@ -23,6 +23,7 @@ growth first, everything that shrinks or removes a file gives it back.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -48,6 +49,7 @@ from sftpjail.permissions import (
     parent_of,
 )
 from sftpjail.quota import QuotaAccount, QuotaExceededError
+from sftpjail.sftp_names import Entry
 
 logger = logging.getLogger("sftpjail.sftp")
 
@@ -206,28 +208,44 @@ def attributes_of(info: os.stat_result) -> asyncssh.SFTPAttrs:
 
 
 class DirectoryListing:
-    """An open directory handle; releases its slot when asyncssh drops it."""
+    """An open directory handle; releases its slot when asyncssh drops it.
+
+    asyncssh iterates it for SFTPName records; the batching request loop
+    takes the entries themselves (`take`) and encodes them on its own.
+    """
 
     def __init__(self, server: JailedSFTPServer, fd: int, path: bytes) -> None:
         self._server = server
         self._fd = fd
         self._path = path
-        self._names = self._generate()
+        self._entries = self._generate()
 
     def __aiter__(self) -> AsyncIterator[asyncssh.SFTPName]:
         return self
 
     async def __anext__(self) -> asyncssh.SFTPName:
-        return await self._names.__anext__()
+        for name, info in self._entries:
+            attrs = asyncssh.SFTPAttrs() if info is None else attributes_of(info)
+            return asyncssh.SFTPName(name, attrs=attrs)
+        raise StopAsyncIteration
 
-    async def _generate(self) -> AsyncIterator[asyncssh.SFTPName]:
-        yield asyncssh.SFTPName(b".", attrs=attributes_of(os.fstat(self._fd)))
-        parent = self._server.stat_quietly(self._path + b"/..")
-        yield asyncssh.SFTPName(b"..", attrs=parent)
+    def take(self, limit: int) -> list[Entry]:
+        """The next `limit` entries or fewer; none once the listing ended."""
+
+        return list(itertools.islice(self._entries, limit))
+
+    def _generate(self) -> Iterator[Entry]:
+        yield b".", os.fstat(self._fd)
+        yield b"..", self._server.stat_result_quietly(self._path + b"/..")
         with os.scandir(self._fd) as entries:
             for entry in entries:
-                attrs = attributes_of(entry.stat(follow_symlinks=False))
-                yield asyncssh.SFTPName(os.fsencode(entry.name), attrs=attrs)
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    # Removed since the directory was read: as OpenSSH
+                    # does, leave it out rather than fail the listing.
+                    continue
+                yield os.fsencode(entry.name), info
 
     def __del__(self) -> None:
         if self._fd >= 0:
@@ -584,15 +602,15 @@ class JailedSFTPServer(asyncssh.SFTPServer):
             self._require("stat", where)
             return attributes_of(os.fstat(fd))
 
-    def stat_quietly(self, path: bytes) -> asyncssh.SFTPAttrs:
-        """Attributes of `path` for a listing, or empty ones if unreadable."""
+    def stat_result_quietly(self, path: bytes) -> os.stat_result | None:
+        """The stat result of `path` for a listing, or None if unreadable."""
 
         try:
             fd = self.jail.open_path(path)
         except OSError:
-            return asyncssh.SFTPAttrs()
+            return None
         try:
-            return attributes_of(os.fstat(fd))
+            return os.fstat(fd)
         finally:
             os.close(fd)
 
