@@ -21,5 +21,7 @@ def lab() -> Iterator[ServerLab]:
     try:
         yield server
     finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)

@@ -30,6 +30,7 @@ from sftpjail.users import User, UsersFile
 SERVICE_USER = "sftpjail"
 READY_LINE = "Ready to accept connections."
 START_TIMEOUT = 30.0
+STDERR_DRAIN_TIMEOUT = 5.0
 
 
 def free_port() -> int:
@@ -80,6 +81,7 @@ class ServerLab:
     process: subprocess.Popen[bytes] | None = None
     stderr_lines: list[str] = field(default_factory=list)
     stdout_path: Path | None = None
+    exit_code: int = 0
     _partial: bytes = b""
 
     @property
@@ -164,11 +166,21 @@ class ServerLab:
 
     # -- the server process -------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the server and wait until it accepts connections.
+
+        If it never gets ready (or the wait is interrupted), it is stopped
+        before the error goes on: a failed start leaves no process behind.
+        """
+
         self.stdout_path = self.root / "audit.jsonl"
         stdout = self.stdout_path.open("ab")
         self.process = subprocess.Popen(
             [
+                # If the test run itself dies, the kernel stops the server.
+                "setpriv",
+                "--pdeathsig",
+                "TERM",
                 sys.executable,
                 "-m",
                 "sftpjail",
@@ -178,9 +190,16 @@ class ServerLab:
             ],
             stdout=stdout,
             stderr=subprocess.PIPE,
+            # The server's own group holds its zygote and workers, so that
+            # `stop` can end whatever the supervisor leaves behind.
+            start_new_session=True,
         )
         stdout.close()
-        self.wait_for_log(READY_LINE, START_TIMEOUT)
+        try:
+            self.wait_for_log(READY_LINE, timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_for_log(self, text: str, timeout: float) -> str:
         """Read the server's stderr until a line contains `text`."""
@@ -214,22 +233,40 @@ class ServerLab:
         return True
 
     def stop(self, timeout: float = 15.0) -> int:
+        """Stop the server and every process it started; its exit code.
+
+        SIGTERM lets the supervisor end its sessions and its zygote; one
+        that takes longer than `timeout` is killed.  Either way whatever is
+        left of its process group is killed too: workers whose supervisor
+        died would otherwise serve on (and keep stderr open).
+        """
+
         if self.process is None:
-            return 0
+            return self.exit_code
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            code = self.process.wait(timeout=timeout)
+            code: int | None = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            code = None
+        _kill_process_group(self.process.pid)
+        if code is None:
             code = self.process.wait()
-        if self.process.stderr is not None:
-            rest = self._partial + self.process.stderr.read()
-            self._partial = b""
-            self.stderr_lines.extend(rest.decode(errors="replace").splitlines())
-            self.process.stderr.close()
+
+        self._read_rest_of_stderr()
         self.process = None
+        self.exit_code = code
         return code
+
+    def _read_rest_of_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        deadline = time.monotonic() + STDERR_DRAIN_TIMEOUT
+        while self._read_stderr(deadline - time.monotonic()):
+            pass
+        if self._partial:
+            self.stderr_lines.append(self._partial.decode(errors="replace"))
+            self._partial = b""
+        self.process.stderr.close()
 
     def wait_for_worker(self, user: str, timeout: float = 15) -> int:
         """The pid of the worker serving `user`, once that user has logged in."""
@@ -391,21 +428,34 @@ def _askpass(password: str | None) -> Iterator[dict[str, str]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _kill_process_group(leader: int) -> None:
+    """SIGKILL every process still in the group `leader` started."""
+
+    try:
+        os.killpg(leader, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the supervisor left nothing behind
+
+
+def process_ids() -> list[int]:
+    """The pid of every process in /proc right now."""
+
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid`, children before grandchildren."""
 
     children: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for child in process_ids():
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            stat = Path(f"/proc/{child}/stat").read_text()
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
         if parent == pid:
-            children.append(int(entry))
-            children.extend(descendants(int(entry)))
+            children.append(child)
+            children.extend(descendants(child))
     return sorted(children)
 
 

@@ -548,28 +548,29 @@ def test_host_keys_survive_a_restart(lab: ServerLab) -> None:
 
 
 def test_invalid_config_exits_2_and_starts_nothing(lab: ServerLab) -> None:
-    completed = _serve_with_changed_config(
+    code, stderr = _serve_with_changed_config(
         lab, f"127.0.0.1:{lab.port}", "127.0.0.1:notaport"
     )
 
-    assert completed.returncode == 2
-    assert "server.listen" in completed.stderr
-    assert completed.stderr.count("\n") == 1
+    assert code == 2
+    assert len(stderr) == 1
+    assert "server.listen" in stderr[0]
     assert not lab.state_dir.exists()
 
 
 def _serve_with_changed_config(
     lab: ServerLab, old: str, new: str
-) -> subprocess.CompletedProcess[str]:
-    """Run `sftpjail serve` once with `old` replaced by `new` in the config."""
+) -> tuple[int, list[str]]:
+    """Start the server with `old` replaced by `new` in the config, which it
+    must refuse; its exit code and stderr lines.
+
+    Through the lab, so a server that wrongly starts is stopped with it.
+    """
 
     lab.config_file.write_text(lab.config_file.read_text().replace(old, new))
-    return subprocess.run(
-        ["python", "-m", "sftpjail", "serve", "--config", str(lab.config_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    with pytest.raises(AssertionError, match="server never logged"):
+        lab.start()
+    return lab.exit_code, lab.stderr_lines
 
 
 def _free_port() -> int:
@@ -740,11 +741,11 @@ def test_secrets_inside_data_dir_are_refused_before_anything_starts(
 ) -> None:
     # Every worker can read data_dir before login: host keys there would be
     # readable by any worker taken over during the handshake.
-    completed = _serve_with_changed_config(
+    code, stderr = _serve_with_changed_config(
         lab, f'state_dir = "{lab.state_dir}"', f'state_dir = "{lab.data_dir}/keys"'
     )
 
-    assert completed.returncode == 2
-    assert "server.state_dir" in completed.stderr
-    assert "inside data_dir" in completed.stderr
+    assert code == 2
+    assert "server.state_dir" in "\n".join(stderr)
+    assert "inside data_dir" in "\n".join(stderr)
     assert not (lab.data_dir / "keys").exists()
