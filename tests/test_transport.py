@@ -26,7 +26,7 @@ from asyncssh.connection import SSHConnection
 
 from serverlab import ServerLab
 from sftpjail import transport
-from sftpjail.transport import Outbox
+from sftpjail.transport import EARLY_WRITE_BYTES, Outbox
 
 
 def test_every_tuning_fits_the_pinned_asyncssh() -> None:
@@ -158,6 +158,37 @@ def test_an_outbox_writes_a_turns_packets_in_order_at_the_end_of_the_turn() -> N
 
     assert during_the_turn == b""
     assert after_the_turn == b"".join(b"packet %d;" % n for n in range(100))
+
+
+def test_a_large_turn_is_written_in_pieces_as_it_is_queued() -> None:
+    """A batch of read replies reaches the client while the rest is encrypted."""
+
+    packet = b"p" * 32768
+    count = EARLY_WRITE_BYTES // len(packet)
+
+    async def run() -> tuple[bytes, bytes]:
+        writer, _recorder, peer = await _transport_and_peer()
+        outbox = Outbox(writer, asyncio.get_running_loop())
+        for _ in range(count):
+            outbox.add(packet)
+        during_the_turn = _received(peer)
+        outbox.add(b"the rest")
+        received = bytearray(during_the_turn)
+        for _round in range(200):
+            await asyncio.sleep(0.005)
+            received += _received(peer)
+            if received.endswith(b"the rest"):
+                break
+        writer.close()
+        peer.close()
+        return during_the_turn, bytes(received)
+
+    during_the_turn, received = asyncio.run(run())
+
+    # What the socket took at once is already there; the transport buffers
+    # the rest and sends it when the socket has room.
+    assert during_the_turn and during_the_turn == b"p" * len(during_the_turn)
+    assert received == packet * count + b"the rest"
 
 
 def test_packets_queued_before_an_abort_are_written_before_it() -> None:

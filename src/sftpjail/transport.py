@@ -154,12 +154,18 @@ class Outbox:
     transport's, as before: it buffers what the socket does not take and
     tells the protocol to pause, which asyncssh ignores either way (the
     SSH channel windows bound what is in flight).
+
+    A turn that sends a lot (a batch of 64 read replies is 2 MiB) writes
+    each `EARLY_WRITE_BYTES` as soon as they are queued: the kernel and
+    the client then work on the start of the batch while the rest is
+    still being encrypted, instead of waiting for all of it.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
         self.transport = transport
         self._loop = loop
         self._packets: list[bytes] = []
+        self._queued_bytes = 0
 
     def add(self, packet: bytes) -> None:
         """Queue a packet; it is written at the end of this loop turn."""
@@ -167,12 +173,18 @@ class Outbox:
         if not self._packets:
             self._loop.call_soon(self.flush)
         self._packets.append(packet)
+        self._queued_bytes += len(packet)
+        if self._queued_bytes >= EARLY_WRITE_BYTES:
+            self.flush()
 
     def flush(self) -> None:
         """Write the queued packets to the transport in one call."""
 
+        if not self._packets:
+            return
         data = b"".join(self._packets)
         self._packets.clear()
+        self._queued_bytes = 0
         try:
             self.transport.write(data)
         except ConnectionError:
@@ -180,6 +192,10 @@ class Outbox:
             # connection_lost, not by a failed write.
             pass
 
+
+# Eight full channel packets: a 2 MiB turn reaches the client in eight
+# pieces, and a turn of small replies still goes out in one write.
+EARLY_WRITE_BYTES = 256 * 1024
 
 # The attribute of an asyncssh connection that holds its Outbox.
 _OUTBOX = "_sftpjail_outbox"
