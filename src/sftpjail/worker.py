@@ -273,6 +273,10 @@ def _ssh_options(context: WorkerContext) -> dict[str, Any]:
         "signature_algs": list(SIGNATURE_ALGORITHMS),
         "compression_algs": ["none"],
         "allow_pty": False,
+        # The line editor only ever edits a terminal, which is refused; left
+        # on, it wraps every channel and session in a forwarding layer that
+        # each SFTP request and reply passes through.
+        "line_editor": False,
         "agent_forwarding": False,
         "x11_forwarding": False,
         "login_timeout": context.config.limits.login_grace_time,
