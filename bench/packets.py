@@ -1,21 +1,30 @@
-"""What one SSH packet costs in asyncssh's ciphers, on one CPU.
+"""What one SSH packet costs in asyncssh's ciphers and in sftpjail's, on one CPU.
 
 `python -m bench.packets` encrypts and decrypts 32 KiB packets (the
 channel's maximum packet size, so what a bulk transfer sends) and tiny
-ones (what a status reply or an SSH_MSG_IGNORE is) with the encryption
-objects asyncssh builds for a connection, and with leaner arrangements of
-the same primitives from `cryptography`:
+ones (what a status reply is) with two implementations of each AEAD
+cipher sftpjail offers:
 
-* chacha20-poly1305@openssh.com as asyncssh does it builds three ChaCha20
-  cipher objects per packet (length, Poly1305 key, payload) and copies
-  header and payload together before computing the tag.  The lean variant
-  takes the Poly1305 key from block 0 of the payload's own key stream and
-  feeds the tag in two updates: two cipher objects, no copy.
-* aes128-gcm@openssh.com as asyncssh does it builds an AESGCM object per
-  packet.  The lean variant keeps one per direction.
+* asyncssh's own classes, `ChachaEncryption` and `GCMEncryption`, taken
+  from `asyncssh.encryption` by name.  They are not looked up through
+  `get_encryption`: its registry is where `install_tunings()` puts
+  sftpjail's classes, so the "asyncssh" rows stay asyncssh's whatever
+  this process has installed.
+* sftpjail's `ChachaPoly1305Encryption` and `AesGcmEncryption` from
+  `sftpjail.transport`, which the zygote installs in that registry.
+  ChaCha20-Poly1305 keeps one ChaCha20 stream per key and moves it to each
+  packet's nonce with `reset_nonce`, where asyncssh builds three cipher
+  objects per packet and joins header and payload for the tag; AES-GCM
+  keeps one AESGCM per direction, where asyncssh builds one per packet and
+  cuts the tag off the sealed packet for the connection to join again.
 
-Both variants produce the same bytes as asyncssh (checked before timing),
-so the difference is pure overhead that a server could shed.  Results are
+Both go through the same `Encryption` interface, used as asyncssh's
+connection uses it: a packet is sealed with `encrypt_packet` and sent as
+`packet + mac`, and read back with `decrypt_header` on its first block,
+then `decrypt_packet` on the rest.  Before timing, both must send the same
+bytes and each must read what the other sent, so the difference is pure
+overhead.  Run it again after upgrading asyncssh or `cryptography`: it
+shows whether sftpjail's classes still pay for themselves.  Results are
 microseconds per packet and the single-CPU throughput they allow.
 """
 
@@ -25,80 +34,68 @@ import argparse
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
-from asyncssh.encryption import get_encryption
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
-from cryptography.hazmat.primitives.poly1305 import Poly1305
+from asyncssh.encryption import (
+    ChachaEncryption,
+    Encryption,
+    GCMEncryption,
+    get_encryption_params,
+)
 
-# A full channel packet, as in bulk transfers, and a tiny one such as the
-# empty SSH_MSG_IGNORE asyncssh sends before every packet, or an SFTP status.
+from sftpjail.transport import AesGcmEncryption, ChachaPoly1305Encryption
+
+# A full channel packet, as in bulk transfers, and a tiny one such as an
+# SFTP status reply.
 PACKET_SIZES = (32 * 1024, 16)
 HEADER_BYTES = 4
-_BLOCK_ZERO = (0).to_bytes(8, "little")
-_ZEROS = bytes(64)
-CHACHA_NAME = b"chacha20-poly1305@openssh.com"
-GCM_NAME = b"aes128-gcm@openssh.com"
+# asyncssh's connection reads a packet's first block, never under 8 bytes,
+# to learn its length.
+_SMALLEST_FIRST_BLOCK = 8
 _BATCH = 100
 
-
-class LeanChacha:
-    """chacha20-poly1305@openssh.com with two cipher objects per packet."""
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key[:32]
-        self._length_key = key[32:]
-
-    def encrypt(self, seq: int, header: bytes, payload: bytes) -> tuple[bytes, bytes]:
-        nonce = _BLOCK_ZERO + seq.to_bytes(8, "big")
-        length = self._stream(self._length_key, nonce).update(header)
-        stream = self._stream(self._key, nonce)
-        # Block 0 of the payload key's stream is the Poly1305 key; the
-        # payload is encrypted from block 1 on, which is where it continues.
-        mac = Poly1305(stream.update(_ZEROS)[:32])
-        body = stream.update(payload)
-        mac.update(length)
-        mac.update(body)
-        return length + body, mac.finalize()
-
-    def decrypt(self, seq: int, sealed: bytes, tag: bytes) -> bytes:
-        nonce = _BLOCK_ZERO + seq.to_bytes(8, "big")
-        # The length is decrypted on its own first, as a server must.
-        self._stream(self._length_key, nonce).update(sealed[:HEADER_BYTES])
-        stream = self._stream(self._key, nonce)
-        mac = Poly1305(stream.update(_ZEROS)[:32])
-        body = memoryview(sealed)[HEADER_BYTES:]
-        mac.update(sealed[:HEADER_BYTES])
-        mac.update(body)
-        mac.verify(tag)
-        return stream.update(body)
-
-    @staticmethod
-    def _stream(key: bytes, nonce: bytes) -> CipherContext:
-        return Cipher(ChaCha20(key, nonce), mode=None).encryptor()
+# A packet as the connection reads it: first block, the rest, the MAC.
+Received = tuple[bytes, bytes, bytes]
 
 
-class LeanGcm:
-    """aes128-gcm@openssh.com with one AESGCM object per direction."""
+class MismatchError(RuntimeError):
+    """asyncssh's and sftpjail's classes disagree: the timings would be void."""
 
-    def __init__(self, key: bytes, iv: bytes) -> None:
-        self._aead = AESGCM(key)
-        self._fixed = iv[:4]
-        self._counter = int.from_bytes(iv[4:], "big")
 
-    def encrypt(self, seq: int, header: bytes, payload: bytes) -> tuple[bytes, bytes]:
-        nonce = self._fixed + self._counter.to_bytes(8, "big")
-        self._counter = (self._counter + 1) & 0xFFFFFFFFFFFFFFFF
-        sealed = self._aead.encrypt(nonce, payload, header)
-        return header + sealed[:-16], sealed[-16:]
+@dataclass(frozen=True)
+class Contest:
+    """One SSH cipher, as asyncssh implements it and as sftpjail does."""
 
-    def decrypt(self, seq: int, sealed: bytes, tag: bytes) -> bytes:
-        nonce = self._fixed + self._counter.to_bytes(8, "big")
-        self._counter = (self._counter + 1) & 0xFFFFFFFFFFFFFFFF
-        body = memoryview(sealed)[HEADER_BYTES:]
-        return self._aead.decrypt(nonce, bytes(body) + tag, sealed[:HEADER_BYTES])
+    cipher_name: str
+    ssh_name: bytes
+    asyncssh: type[Encryption]
+    sftpjail: type[Encryption]
+
+
+CONTESTS = (
+    Contest(
+        "chacha20-poly1305",
+        b"chacha20-poly1305@openssh.com",
+        ChachaEncryption,
+        ChachaPoly1305Encryption,
+    ),
+    Contest("aes128-gcm", b"aes128-gcm@openssh.com", GCMEncryption, AesGcmEncryption),
+)
+
+
+def _seal(encryption: Encryption, seq: int, header: bytes, payload: bytes) -> bytes:
+    """The bytes the connection sends for one packet."""
+
+    packet, mac = encryption.encrypt_packet(seq, header, payload)
+    return packet + mac
+
+
+def _open(encryption: Encryption, seq: int, received: Received) -> bytes | None:
+    """As the connection reads a packet: the length first, then the rest."""
+
+    first, rest, mac = received
+    first, _length = encryption.decrypt_header(seq, first, HEADER_BYTES)
+    return encryption.decrypt_packet(seq, first, rest, HEADER_BYTES, mac)
 
 
 def _time_per_call(action: Callable[[int], object], seconds: float) -> float:
@@ -114,88 +111,104 @@ def _time_per_call(action: Callable[[int], object], seconds: float) -> float:
 
 
 def measure(seconds: float, size: int) -> list[tuple[str, float]]:
-    """(name, microseconds per packet) for each arrangement and direction."""
+    """(name, microseconds per packet) for each cipher, side and direction."""
 
     payload = os.urandom(size)
     header = len(payload).to_bytes(HEADER_BYTES, "big")
-    chacha_key = os.urandom(64)
-    gcm_key, gcm_iv = os.urandom(16), os.urandom(12)
     rows = []
-    for name, ours, lean in (
-        (
-            "chacha20-poly1305",
-            lambda: get_encryption(CHACHA_NAME, chacha_key, b""),
-            lambda: LeanChacha(chacha_key),
-        ),
-        (
-            "aes128-gcm",
-            lambda: get_encryption(GCM_NAME, gcm_key, gcm_iv),
-            lambda: LeanGcm(gcm_key, gcm_iv),
-        ),
-    ):
-        rows += _measure_cipher(name, ours, lean, header, payload, seconds)
+    for contest in CONTESTS:
+        rows += _measure_contest(contest, header, payload, seconds)
     return rows
 
 
-def _measure_cipher(
-    name: str,
-    make_asyncssh: Callable[[], Any],
-    make_lean: Callable[[], Any],
-    header: bytes,
-    payload: bytes,
-    seconds: float,
+def _measure_contest(
+    contest: Contest, header: bytes, payload: bytes, seconds: float
 ) -> list[tuple[str, float]]:
-    sealer = make_asyncssh()
-    packets = [sealer.encrypt_packet(seq, header, payload) for seq in range(_BATCH)]
-    checker = make_lean()
-    assert [checker.encrypt(seq, header, payload) for seq in range(_BATCH)] == packets
-    assert make_lean().decrypt(0, *packets[0]) == payload
+    key_bytes, iv_bytes, block_bytes, _mac_key, mac_bytes, _etm = get_encryption_params(
+        contest.ssh_name
+    )
+    key, iv = os.urandom(key_bytes), os.urandom(iv_bytes)
+    first_block = max(_SMALLEST_FIRST_BLOCK, block_bytes)
+
+    def maker(side: type[Encryption]) -> Callable[[], Encryption]:
+        return lambda: side.new(contest.cipher_name, key, iv)
+
+    sides = {"asyncssh": maker(contest.asyncssh), "sftpjail": maker(contest.sftpjail)}
+    sent = _check_identical(sides, header, payload)
+    received = [_split(wire, first_block, mac_bytes) for wire in sent]
+    _check_each_reads(sides, received, payload)
 
     timed: dict[str, Callable[[int], object]] = {
-        "encrypt, asyncssh": _bind(make_asyncssh(), "encrypt_packet", header, payload),
-        "encrypt, lean": _bind(make_lean(), "encrypt", header, payload),
-        "decrypt, asyncssh": _in_order(make_asyncssh, _asyncssh_decrypt, packets),
-        "decrypt, lean": _in_order(make_lean, _lean_decrypt, packets),
+        f"encrypt, {side}": _sealing(make(), header, payload)
+        for side, make in sides.items()
+    }
+    timed |= {
+        f"decrypt, {side}": _opening_in_order(make, received)
+        for side, make in sides.items()
     }
     return [
-        (f"{name} {label}", _time_per_call(action, seconds))
+        (f"{contest.cipher_name} {label}", _time_per_call(action, seconds))
         for label, action in timed.items()
     ]
 
 
-def _asyncssh_decrypt(encryption: Any, seq: int, sealed: bytes, tag: bytes) -> object:
-    """As asyncssh's connection does it: the length first, then the rest."""
+def _check_identical(
+    sides: dict[str, Callable[[], Encryption]], header: bytes, payload: bytes
+) -> list[bytes]:
+    """The packets both sides send, which must be the same bytes."""
 
-    first, rest = sealed[:HEADER_BYTES], sealed[HEADER_BYTES:]
-    encryption.decrypt_header(seq, first, HEADER_BYTES)
-    return encryption.decrypt_packet(seq, first, rest, HEADER_BYTES, tag)
+    sent = [_seal_batch(make(), header, payload) for make in sides.values()]
+    first, *others = sent
+    if any(packets != first for packets in others):
+        raise MismatchError(
+            "asyncssh and sftpjail sealed a packet differently; "
+            "see tests/test_transport.py before trusting any timing"
+        )
+    return first
 
 
-def _lean_decrypt(cipher: Any, seq: int, sealed: bytes, tag: bytes) -> object:
-    return cipher.decrypt(seq, sealed, tag)
+def _check_each_reads(
+    sides: dict[str, Callable[[], Encryption]],
+    received: list[Received],
+    payload: bytes,
+) -> None:
+    """Each side opens the packets sent, which both sides sent alike."""
+
+    for side, make in sides.items():
+        opener = make()
+        for seq, packet in enumerate(received):
+            if _open(opener, seq, packet) != payload:
+                raise MismatchError(f"{side} could not read packet {seq} back")
 
 
-def _in_order(
-    make: Callable[[], Any],
-    decrypt_one: Callable[[Any, int, bytes, bytes], object],
-    packets: list[tuple[bytes, bytes]],
+def _seal_batch(encryption: Encryption, header: bytes, payload: bytes) -> list[bytes]:
+    return [_seal(encryption, seq, header, payload) for seq in range(_BATCH)]
+
+
+def _split(wire: bytes, first_block: int, mac_bytes: int) -> Received:
+    return wire[:first_block], wire[first_block:-mac_bytes], wire[-mac_bytes:]
+
+
+def _sealing(
+    encryption: Encryption, header: bytes, payload: bytes
 ) -> Callable[[int], object]:
-    """Decrypt the packets in order, with a fresh object for each batch."""
+    return lambda seq: _seal(encryption, seq, header, payload)
+
+
+def _opening_in_order(
+    make: Callable[[], Encryption], received: list[Received]
+) -> Callable[[int], object]:
+    """Open the packets in order, with a fresh object for each batch."""
 
     state = [make()]
 
-    def decrypt(seq: int) -> object:
+    def open_one(seq: int) -> object:
         if seq == 0:
             # GCM's nonce advances with each packet: start over every batch.
             state[0] = make()
-        return decrypt_one(state[0], seq, *packets[seq])
+        return _open(state[0], seq, received[seq])
 
-    return decrypt
-
-
-def _bind(target: Any, method: str, *arguments: bytes) -> Callable[[int], object]:
-    bound = getattr(target, method)
-    return lambda sequence: bound(sequence, *arguments)
+    return open_one
 
 
 def main() -> None:
@@ -208,7 +221,7 @@ def main() -> None:
         print(f"{size}-byte packets on one CPU")
         for name, micros in measure(arguments.seconds, size):
             rate = size / (micros / 1e6) / (1024 * 1024)
-            print(f"  {name:32s} {micros:6.1f} us/packet  {rate:6.0f} MiB/s")
+            print(f"  {name:35s} {micros:6.1f} us/packet  {rate:6.0f} MiB/s")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -160,3 +161,27 @@ def test_an_interrupted_run_leaves_no_server_and_no_files(tmp_path: Path) -> Non
     assert not workspace.exists()
     assert processes_mentioning(str(workspace)) == []
     assert list(tmp_path.glob("*.json")) == []
+
+
+def test_bench_packets_times_both_sides_of_every_cipher() -> None:
+    """`python -m bench.packets` checks byte identity, then times eight rows."""
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.packets", "--seconds=0.01"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    rows = re.findall(r"^  (.+?) +([\d.]+) us/packet", completed.stdout, re.MULTILINE)
+    names = [name for name, _micros in rows]
+    expected = [
+        f"{cipher} {direction}, {side}"
+        for cipher in ("chacha20-poly1305", "aes128-gcm")
+        for direction in ("encrypt", "decrypt")
+        for side in ("asyncssh", "sftpjail")
+    ]
+    assert names == expected * 2
+    assert all(float(micros) > 0 for _name, micros in rows)
