@@ -16,6 +16,12 @@ The channel cuts the joined replies into full packets: a batch of 64 read
 replies goes out as 65 packets instead of 128, and the status replies to
 a batch of writes share one packet.
 
+Two kinds of reply are built here instead of by asyncssh's handler: the
+data of a read, queued as it came from the file instead of copied into
+a reply, and, for SFTP v3, a readdir's entries, encoded straight from
+their stat results (`sftpjail.sftp_names`).  Everything else, and every
+error, takes asyncssh's own path.
+
 Requests are still answered one after the other, in the order they
 arrived, so the server code keeps the guarantee it relies on (nothing
 else runs between the parts of a request that do not wait).  Replies
@@ -41,7 +47,7 @@ from asyncssh.sftp import (
 )
 
 from sftpjail import sftp_names
-from sftpjail.sftp_server import DirectoryListing, JailedSFTPServer
+from sftpjail.sftp_server import DirectoryListing
 
 logger = logging.getLogger("sftpjail.sftp_pipeline")
 
@@ -228,9 +234,7 @@ class PipelinedSFTPHandler(SFTPServerHandler):
             await self._process_request(request)
             return
 
-        server = self._server
-        assert isinstance(server, JailedSFTPServer)
-        long_names = sftp_names.LongNames(server.format_user, server.format_group)
+        long_names = listing.long_names()
         self._queue_reply(sftp_names.encode_names(readdir[0], entries, long_names))
 
     def _queue_reply(self, *pieces: bytes) -> None:

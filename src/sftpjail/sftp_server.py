@@ -49,7 +49,7 @@ from sftpjail.permissions import (
     parent_of,
 )
 from sftpjail.quota import QuotaAccount, QuotaExceededError
-from sftpjail.sftp_names import Entry
+from sftpjail.sftp_names import Entry, LongNames
 
 logger = logging.getLogger("sftpjail.sftp")
 
@@ -233,6 +233,11 @@ class DirectoryListing:
         """The next `limit` entries or fewer; none once the listing ended."""
 
         return list(itertools.islice(self._entries, limit))
+
+    def long_names(self) -> LongNames:
+        """Long names for entries of this listing, as the server shows them."""
+
+        return LongNames(self._server.format_user, self._server.format_group)
 
     def _generate(self) -> Iterator[Entry]:
         yield b".", os.fstat(self._fd)
