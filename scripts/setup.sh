@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 #   libseccomp2      the filter compiler behind the seccomp layer
 #   python3-venv     the virtual environment
 #   postgresql       the shared store of replicas; tests start throwaway clusters
+#   debootstrap      the Debian base image scripts/build-image.sh makes without a registry
 APT_PACKAGES=(
   openssh-client openssh-server nftables iptables conntrack iproute2
-  libseccomp2 python3-venv postgresql
+  libseccomp2 python3-venv postgresql debootstrap
 )
 
 missing=()
