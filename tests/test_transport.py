@@ -16,6 +16,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,41 @@ def test_a_large_turn_is_written_in_pieces_as_it_is_queued() -> None:
     # the rest and sends it when the socket has room.
     assert during_the_turn and during_the_turn == b"p" * len(during_the_turn)
     assert received == packet * count + b"the rest"
+
+
+def test_send_queued_writes_a_connections_outbox_before_the_turn_ends() -> None:
+    """What the SFTP loop calls once it has queued the replies to a batch."""
+
+    class Connection:
+        """Stands for an asyncssh connection: only the Outbox is read."""
+
+    async def run() -> tuple[bytes, bytes]:
+        writer, _recorder, peer = await _transport_and_peer()
+        connection = Connection()
+        outbox = Outbox(writer, asyncio.get_running_loop())
+        setattr(connection, transport._OUTBOX, outbox)
+        outbox.add(b"reply 1;")
+        outbox.add(b"reply 2;")
+        transport.send_queued(connection)
+        for _round in range(100):
+            received = _received(peer)
+            if received:
+                break
+            time.sleep(0.001)
+        await asyncio.sleep(0)
+        later = _received(peer)
+        writer.close()
+        peer.close()
+        return received, later
+
+    received, later = asyncio.run(run())
+
+    assert received == b"reply 1;reply 2;"
+    assert later == b""
+
+
+def test_send_queued_leaves_a_connection_without_an_outbox_alone() -> None:
+    transport.send_queued(object())
 
 
 def test_packets_queued_before_an_abort_are_written_before_it() -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from asyncssh.constants import FXP_DATA, FXP_READ, FXP_READDIR
@@ -86,11 +87,26 @@ _DATA_OVERHEAD = _DATA_HEAD.size - _LENGTH_BYTES
 _enabled = False
 
 
-def enable() -> None:
-    """Serve SFTP sessions with PipelinedSFTPHandler from now on."""
+def _send_nothing_early(connection: object) -> None:
+    """Leave a connection's packets to go out at the end of the turn."""
 
-    global _enabled
+
+# Writes what a connection has queued for the socket at once; sessions
+# call it after a batch, when their replies are all queued.
+_send_queued: Callable[[object], None] = _send_nothing_early
+
+
+def enable(send_queued: Callable[[object], None] = _send_nothing_early) -> None:
+    """Serve SFTP sessions with PipelinedSFTPHandler from now on.
+
+    `send_queued(connection)` writes the packets the connection holds back
+    until the end of the loop turn (sftpjail.transport's Outbox), so the
+    replies to a batch leave as soon as the batch is answered.
+    """
+
+    global _enabled, _send_queued
     _enabled = True
+    _send_queued = send_queued
 
 
 def enabled() -> bool:
@@ -163,6 +179,8 @@ class PipelinedSFTPHandler(SFTPServerHandler):
         finally:
             self._batching = False
             self._flush_replies()
+            if self._writer:
+                _send_queued(self._writer.channel.get_connection())
 
     async def _answer(self, request: bytes) -> None:
         if self.logger.isEnabledFor(logging.DEBUG):

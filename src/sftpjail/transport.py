@@ -201,6 +201,19 @@ EARLY_WRITE_BYTES = 256 * 1024
 _OUTBOX = "_sftpjail_outbox"
 
 
+def send_queued(connection: object) -> None:
+    """Write what the connection's Outbox holds now, not at the end of the turn.
+
+    For a caller that knows it has queued everything it will send this
+    turn, such as the SFTP loop once a batch is answered: its replies
+    leave one loop turn sooner.
+    """
+
+    outbox: Outbox | None = getattr(connection, _OUTBOX, None)
+    if outbox is not None:
+        outbox.flush()
+
+
 def _coalesce_writes() -> None:
     """Route every packet asyncssh sends through its connection's Outbox."""
 
@@ -440,7 +453,7 @@ def _batch_sftp_requests() -> None:
     place of asyncssh's `run_sftp_server`.
     """
 
-    sftp_pipeline.enable()
+    sftp_pipeline.enable(send_queued)
 
 
 # -- AES-GCM with one cipher per direction and fewer copies ------------------
