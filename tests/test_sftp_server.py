@@ -16,7 +16,7 @@ import asyncssh
 import pytest
 
 from serverlab import ServerLab
-from sftpjail.sftp_server import attributes_of
+from sftpjail.sftp_server import DirectoryListing, attributes_of
 
 
 def _inodes_of_every_kind(directory: Path) -> list[Path]:
@@ -92,3 +92,30 @@ def test_stat_replies_carry_numbers_and_listings_the_owners_name(
     assert (attrs.uid, attrs.gid, attrs.size) == (host.st_uid, host.st_gid, 4321)
     assert attrs.permissions == host.st_mode
     assert (attrs.atime, attrs.mtime) == (int(host.st_atime), int(host.st_mtime))
+
+
+class ListingOwner:
+    """The two things a DirectoryListing asks of its server."""
+
+    open_handles = 1
+
+    def stat_result_quietly(self, path: bytes) -> os.stat_result | None:
+        return None
+
+
+def test_an_entry_removed_while_it_is_listed_is_left_out(tmp_path: Path) -> None:
+    for number in range(5):
+        (tmp_path / f"file-{number}").write_bytes(b"")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    listing = DirectoryListing(ListingOwner(), fd, b"/")  # type: ignore[arg-type]
+
+    first = listing.take(3)  # ".", ".." and one file: the kernel gave all names
+    for path in tmp_path.iterdir():
+        if os.fsencode(path.name) != first[2][0]:
+            path.unlink()
+    rest = listing.take(100)
+
+    assert [name for name, _info in first[:2]] == [b".", b".."]
+    assert first[1][1] is None  # ".." could not be read: no attributes
+    assert rest == []
+    assert listing.take(100) == []
