@@ -24,6 +24,7 @@ import asyncssh
 import asyncssh.encryption
 import pytest
 from asyncssh.connection import SSHConnection
+from cryptography.hazmat.primitives.ciphers import CipherContext
 
 from serverlab import ServerLab
 from sftpjail import transport
@@ -539,6 +540,20 @@ def test_lean_chacha_is_left_out_when_asyncssh_lacks_chacha(
     lean_chacha = next(t for t in transport.TUNINGS if "ChaCha20" in t.name)
 
     with pytest.raises(transport.TuningUnavailableError, match="offers no chacha"):
+        lean_chacha.install()
+
+    assert registry == before
+
+
+def test_lean_chacha_is_left_out_on_a_cryptography_without_reset_nonce(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(CipherContext, "reset_nonce")
+    registry = asyncssh.encryption._enc_params
+    before = dict(registry)
+    lean_chacha = next(t for t in transport.TUNINGS if "ChaCha20" in t.name)
+
+    with pytest.raises(transport.TuningUnavailableError, match="older than 43"):
         lean_chacha.install()
 
     assert registry == before

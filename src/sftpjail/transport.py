@@ -400,6 +400,10 @@ def _use_lean_chacha() -> None:
     registry = asyncssh.encryption._enc_params
     if CHACHA_NAME not in registry:
         raise TuningUnavailableError(f"asyncssh offers no {CHACHA_NAME.decode()}")
+    if not hasattr(CipherContext, "reset_nonce"):
+        raise TuningUnavailableError(
+            "cryptography is older than 43 and cannot reset a ChaCha20 nonce"
+        )
     _asyncssh_class, cipher_name = registry[CHACHA_NAME]
     registry[CHACHA_NAME] = (ChachaPoly1305Encryption, cipher_name)
     logger.debug("Replaced the encryption of %s.", CHACHA_NAME.decode())
