@@ -27,18 +27,13 @@ def small_files(context: Context) -> list[Metric]:
     settings = context.settings
     count = settings.small_files
     tree = context.workspace.small_tree("small", count, settings.small_file_size)
-    metric = Metric(
-        key="small_files",
-        title=f"Upload {count} files of {settings.small_file_size // 1024} KiB",
-        unit="files/s",
-        higher_is_better=True,
-        target=at_least(1.0),
-    )
-    cpu = Metric(
-        key="cpu.small_files",
-        title="Server CPU per small file uploaded",
-        unit="CPU us/file",
-        higher_is_better=False,
+    measures = PerItem(
+        count,
+        "small_files",
+        f"Upload {count} files of {settings.small_file_size // 1024} KiB",
+        "files/s",
+        "Server CPU per small file uploaded",
+        "CPU us/file",
     )
     timeout = 60.0 + count * 0.5
     for run in range(settings.runs):
@@ -52,15 +47,8 @@ def small_files(context: Context) -> list[Metric]:
             if len(os.listdir(arrived)) != count:
                 raise BenchError(f"{server.name}: not all small files arrived")
             shutil.rmtree(arrived)
-            metric.add(server.name, count / reply.seconds)
-            cpu.add(server.name, cpu_seconds / count * 1e6)
-            logger.info(
-                "small files run %d: %s %.0f files/s",
-                run + 1,
-                server.name,
-                count / reply.seconds,
-            )
-    return [metric, cpu]
+            measures.add(f"small files run {run + 1}", server, reply, cpu_seconds)
+    return measures.metrics()
 
 
 def listing(context: Context) -> list[Metric]:
@@ -68,18 +56,13 @@ def listing(context: Context) -> list[Metric]:
 
     settings = context.settings
     count = settings.list_entries
-    metric = Metric(
-        key="listing",
-        title=f"ls -l of {count} entries",
-        unit="entries/s",
-        higher_is_better=True,
-        target=at_least(1.0),
-    )
-    cpu = Metric(
-        key="cpu.listing",
-        title="Server CPU per 1000 entries listed",
-        unit="CPU ms",
-        higher_is_better=False,
+    measures = PerItem(
+        count,
+        "listing",
+        f"ls -l of {count} entries",
+        "entries/s",
+        "Server CPU per 1000 entries listed",
+        "CPU ms",
     )
     for server in context.servers:
         _fill_directory(server.work_dir / LISTED_DIR, count)
@@ -94,15 +77,46 @@ def listing(context: Context) -> list[Metric]:
                 raise BenchError(
                     f"{server.name} listed {len(reply.lines)} of {count} entries"
                 )
-            metric.add(server.name, count / reply.seconds)
-            cpu.add(server.name, cpu_seconds / count * 1e6)
-            logger.info(
-                "listing run %d: %s %.0f entries/s",
-                run + 1,
-                server.name,
-                count / reply.seconds,
-            )
-    return [metric, cpu]
+            measures.add(f"listing run {run + 1}", server, reply, cpu_seconds)
+    return measures.metrics()
+
+
+class PerItem:
+    """A rate with its target, and the server's CPU per item, of `count` items.
+
+    The CPU is kept in microseconds per item, which is also milliseconds
+    per 1,000 items.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        key: str,
+        title: str,
+        unit: str,
+        cpu_title: str,
+        cpu_unit: str,
+    ) -> None:
+        self.count = count
+        self.rate = Metric(
+            key=key, title=title, unit=unit, higher_is_better=True, target=at_least(1.0)
+        )
+        self.cpu = Metric(
+            key=f"cpu.{key}", title=cpu_title, unit=cpu_unit, higher_is_better=False
+        )
+
+    def add(
+        self, run: str, server: BenchServer, reply: Reply, cpu_seconds: float
+    ) -> None:
+        """Record one run of `server` and log its rate."""
+
+        per_second = self.count / reply.seconds
+        self.rate.add(server.name, per_second)
+        self.cpu.add(server.name, cpu_seconds / self.count * 1e6)
+        logger.info("%s: %s %.0f %s", run, server.name, per_second, self.rate.unit)
+
+    def metrics(self) -> list[Metric]:
+        return [self.rate, self.cpu]
 
 
 def _timed(

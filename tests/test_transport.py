@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,18 @@ async def _transport_and_peer() -> tuple[asyncio.Transport, Recorder, socket.soc
     return writer, recorder, peer
 
 
+@asynccontextmanager
+async def _outbox_to_peer() -> AsyncIterator[tuple[Outbox, socket.socket]]:
+    """An Outbox on a real transport, and the socket at the other end."""
+
+    writer, _recorder, peer = await _transport_and_peer()
+    try:
+        yield Outbox(writer, asyncio.get_running_loop()), peer
+    finally:
+        writer.close()
+        peer.close()
+
+
 def _received(peer: socket.socket) -> bytes:
     chunks = []
     while True:
@@ -145,16 +159,12 @@ def _received(peer: socket.socket) -> bytes:
 
 def test_an_outbox_writes_a_turns_packets_in_order_at_the_end_of_the_turn() -> None:
     async def run() -> tuple[bytes, bytes]:
-        writer, _recorder, peer = await _transport_and_peer()
-        outbox = Outbox(writer, asyncio.get_running_loop())
-        for number in range(100):
-            outbox.add(b"packet %d;" % number)
-        during_the_turn = _received(peer)
-        await asyncio.sleep(0)
-        after_the_turn = _received(peer)
-        writer.close()
-        peer.close()
-        return during_the_turn, after_the_turn
+        async with _outbox_to_peer() as (outbox, peer):
+            for number in range(100):
+                outbox.add(b"packet %d;" % number)
+            during_the_turn = _received(peer)
+            await asyncio.sleep(0)
+            return during_the_turn, _received(peer)
 
     during_the_turn, after_the_turn = asyncio.run(run())
 
@@ -169,21 +179,18 @@ def test_a_large_turn_is_written_in_pieces_as_it_is_queued() -> None:
     count = EARLY_WRITE_BYTES // len(packet)
 
     async def run() -> tuple[bytes, bytes]:
-        writer, _recorder, peer = await _transport_and_peer()
-        outbox = Outbox(writer, asyncio.get_running_loop())
-        for _ in range(count):
-            outbox.add(packet)
-        during_the_turn = _received(peer)
-        outbox.add(b"the rest")
-        received = bytearray(during_the_turn)
-        for _round in range(200):
-            await asyncio.sleep(0.005)
-            received += _received(peer)
-            if received.endswith(b"the rest"):
-                break
-        writer.close()
-        peer.close()
-        return during_the_turn, bytes(received)
+        async with _outbox_to_peer() as (outbox, peer):
+            for _ in range(count):
+                outbox.add(packet)
+            during_the_turn = _received(peer)
+            outbox.add(b"the rest")
+            received = bytearray(during_the_turn)
+            for _round in range(200):
+                await asyncio.sleep(0.005)
+                received += _received(peer)
+                if received.endswith(b"the rest"):
+                    break
+            return during_the_turn, bytes(received)
 
     during_the_turn, received = asyncio.run(run())
 
@@ -200,23 +207,19 @@ def test_send_queued_writes_a_connections_outbox_before_the_turn_ends() -> None:
         """Stands for an asyncssh connection: only the Outbox is read."""
 
     async def run() -> tuple[bytes, bytes]:
-        writer, _recorder, peer = await _transport_and_peer()
-        connection = Connection()
-        outbox = Outbox(writer, asyncio.get_running_loop())
-        setattr(connection, transport._OUTBOX, outbox)
-        outbox.add(b"reply 1;")
-        outbox.add(b"reply 2;")
-        transport.send_queued(connection)
-        for _round in range(100):
-            received = _received(peer)
-            if received:
-                break
-            time.sleep(0.001)
-        await asyncio.sleep(0)
-        later = _received(peer)
-        writer.close()
-        peer.close()
-        return received, later
+        async with _outbox_to_peer() as (outbox, peer):
+            connection = Connection()
+            setattr(connection, transport._OUTBOX, outbox)
+            outbox.add(b"reply 1;")
+            outbox.add(b"reply 2;")
+            transport.send_queued(connection)
+            for _round in range(100):
+                received = _received(peer)
+                if received:
+                    break
+                time.sleep(0.001)
+            await asyncio.sleep(0)
+            return received, _received(peer)
 
     received, later = asyncio.run(run())
 
