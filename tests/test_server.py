@@ -749,3 +749,26 @@ def test_secrets_inside_data_dir_are_refused_before_anything_starts(
     assert "server.state_dir" in "\n".join(stderr)
     assert "inside data_dir" in "\n".join(stderr)
     assert not (lab.data_dir / "keys").exists()
+
+
+def test_a_directory_that_cannot_be_searched_lists_its_names_only(
+    two_users: tuple[ServerLab, ClientKey, ClientKey],
+) -> None:
+    lab, alice, _bob = two_users
+    home = lab.data_dir / "alice"
+    closed = home / "closed"
+    closed.mkdir()
+    (closed / "inside.txt").write_bytes(b"x")
+    service = (home.stat().st_uid, home.stat().st_gid)
+    os.chown(closed, *service)
+    # Readable but not searchable: the names can be read, their
+    # attributes cannot.
+    closed.chmod(0o600)
+
+    result = lab.sftp("alice", "ls -l closed\nls -l\n", key=alice)
+
+    assert result.returncode == 0, result.stderr
+    # As OpenSSH does, an entry that cannot be looked up is left out
+    # rather than failing the whole listing.
+    assert "inside.txt" not in result.stdout
+    assert "closed" in result.stdout

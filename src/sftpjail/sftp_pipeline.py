@@ -237,23 +237,29 @@ class PipelinedSFTPHandler(SFTPServerHandler):
     async def _answer_readdir(self, request: bytes) -> None:
         """Answer a readdir of SFTP v3 with entries encoded on the spot.
 
-        A malformed request, an unknown handle and the end of the listing
-        go to asyncssh's path, which reports each as it does; a listing
-        that ended stays ended, so asyncssh finds no more entries either.
+        A malformed request, an unknown handle, the end of the listing and
+        a failure to read the directory go to asyncssh's path, which
+        reports each as it does; a listing that ended stays ended, so
+        asyncssh finds no more entries either.
         """
 
         readdir = _parse_readdir(request)
-        listing = self._dir_handles.get(readdir[1]) if readdir is not None else None
-        if readdir is None or not isinstance(listing, DirectoryListing):
+        if readdir is None:
+            await self._process_request(request)
+            return
+        request_id, handle = readdir
+        listing = self._dir_handles.get(handle)
+        if not isinstance(listing, DirectoryListing):
             await self._process_request(request)
             return
         entries = listing.take(READDIR_ENTRIES)
         if not entries:
+            # The end, or a failure the listing keeps for asyncssh to report.
             await self._process_request(request)
             return
 
         long_names = listing.long_names()
-        self._queue_reply(sftp_names.encode_names(readdir[0], entries, long_names))
+        self._queue_reply(sftp_names.encode_names(request_id, entries, long_names))
 
     def _queue_reply(self, *pieces: bytes) -> None:
         self._replies.extend(pieces)

@@ -212,6 +212,9 @@ class DirectoryListing:
 
     asyncssh iterates it for SFTPName records; the batching request loop
     takes the entries themselves (`take`) and encodes them on its own.
+    Either way an entry whose metadata cannot be read is left out, as
+    OpenSSH leaves it out, and an error reading the directory itself ends
+    the listing with that error, reported by asyncssh as a status reply.
     """
 
     def __init__(self, server: JailedSFTPServer, fd: int, path: bytes) -> None:
@@ -219,25 +222,43 @@ class DirectoryListing:
         self._fd = fd
         self._path = path
         self._entries = self._generate()
+        self._failure: Exception | None = None
+        self._long_names: LongNames | None = None
 
     def __aiter__(self) -> AsyncIterator[asyncssh.SFTPName]:
         return self
 
     async def __anext__(self) -> asyncssh.SFTPName:
-        for name, info in self._entries:
-            attrs = asyncssh.SFTPAttrs() if info is None else attributes_of(info)
-            return asyncssh.SFTPName(name, attrs=attrs)
-        raise StopAsyncIteration
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        entry = next(self._entries, None)
+        if entry is None:
+            raise StopAsyncIteration
+        name, info = entry
+        attrs = asyncssh.SFTPAttrs() if info is None else attributes_of(info)
+        return asyncssh.SFTPName(name, attrs=attrs)
 
     def take(self, limit: int) -> list[Entry]:
-        """The next `limit` entries or fewer; none once the listing ended."""
+        """The next `limit` entries or fewer; none once the listing ended.
 
-        return list(itertools.islice(self._entries, limit))
+        When reading the directory fails, none either: the failure waits
+        for asyncssh's path, whose next step (`__anext__`) raises it.
+        """
+
+        try:
+            return list(itertools.islice(self._entries, limit))
+        except Exception as error:
+            self._failure = error
+            return []
 
     def long_names(self) -> LongNames:
         """Long names for entries of this listing, as the server shows them."""
 
-        return LongNames(self._server.format_user, self._server.format_group)
+        if self._long_names is None:
+            server = self._server
+            self._long_names = LongNames(server.format_user, server.format_group)
+        return self._long_names
 
     def _generate(self) -> Iterator[Entry]:
         yield b".", os.fstat(self._fd)
@@ -246,9 +267,9 @@ class DirectoryListing:
             for entry in entries:
                 try:
                     info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    # Removed since the directory was read: as OpenSSH
-                    # does, leave it out rather than fail the listing.
+                except OSError:
+                    # Removed since the directory was read, or in a
+                    # directory that may be read but not searched.
                     continue
                 yield os.fsencode(entry.name), info
 
