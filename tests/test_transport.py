@@ -228,7 +228,14 @@ def test_send_queued_writes_a_connections_outbox_before_the_turn_ends() -> None:
 
 
 def test_send_queued_leaves_a_connection_without_an_outbox_alone() -> None:
-    transport.send_queued(object())
+    class Connection:
+        """A connection that has sent nothing yet: no Outbox."""
+
+    connection = Connection()
+
+    transport.send_queued(connection)
+
+    assert not hasattr(connection, transport._OUTBOX)
 
 
 def test_packets_queued_before_an_abort_are_written_before_it() -> None:
@@ -418,23 +425,27 @@ def test_lean_chacha_is_byte_identical_to_asyncssh() -> None:
 
 
 def test_lean_chacha_rejects_a_changed_tag_length_or_payload() -> None:
+    """One opener throughout: a refused packet leaves its streams usable."""
+
     keys = Keys()
+    opener = keys.lean()
     for seq, packet in _random_packets(keys.block)[:50]:
         sealed, mac = _seal(keys.asyncssh(), seq, packet)
         payload_index = keys.block + seq % (len(sealed) - keys.block)
         header = len(packet).to_bytes(4, "big")
 
         # Unchanged, it opens: the failures below are the changes' doing.
-        assert _open(keys.lean(), seq, sealed, mac, keys.block) == (header, packet)
+        assert _open(opener, seq, sealed, mac, keys.block) == (header, packet)
         for changed_sealed, changed_mac in [
             (sealed, _flip_a_bit(mac, seq % len(mac))),
             (_flip_a_bit(sealed, payload_index), mac),
             (_flip_a_bit(sealed, seq % 4), mac),
         ]:
             _length, payload = _open(
-                keys.lean(), seq, changed_sealed, changed_mac, keys.block
+                opener, seq, changed_sealed, changed_mac, keys.block
             )
             assert payload is None
+            assert _open(opener, seq, sealed, mac, keys.block) == (header, packet)
 
 
 # -- the lean AES-GCM against asyncssh's own, byte for byte -----------------
@@ -504,7 +515,7 @@ def test_a_fresh_interpreter_installs_every_tuning() -> None:
     script = (
         "import asyncssh.encryption, json\n"
         "from asyncssh.connection import SSHConnection\n"
-        "from sftpjail import transport\n"
+        "from sftpjail import sftp_pipeline, transport\n"
         "installed = transport.install_tunings()\n"
         "again = transport.install_tunings()\n"
         "registry = asyncssh.encryption._enc_params\n"
@@ -516,6 +527,8 @@ def test_a_fresh_interpreter_installs_every_tuning() -> None:
         "    'data_received': SSHConnection.data_received.__name__,\n"
         "    'chacha': registry[b'chacha20-poly1305@openssh.com'][0].__name__,\n"
         "    'gcm': registry[b'aes128-gcm@openssh.com'][0].__name__,\n"
+        "    'pipeline': sftp_pipeline.enabled(),\n"
+        "    'sends_batches_at_once': sftp_pipeline._send_queued.__name__,\n"
         "}))\n"
     )
 
@@ -532,6 +545,8 @@ def test_a_fresh_interpreter_installs_every_tuning() -> None:
     assert state["data_received"] == "data_received_in_pieces"
     assert state["chacha"] == "ChachaPoly1305Encryption"
     assert state["gcm"] == "AesGcmEncryption"
+    assert state["pipeline"] is True
+    assert state["sends_batches_at_once"] == "send_queued"
 
 
 def test_lean_chacha_is_left_out_when_asyncssh_lacks_chacha(

@@ -120,6 +120,10 @@ class PipelinedSFTPHandler(SFTPServerHandler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Kept from the start: a channel lets go of its connection when the
+        # connection drops, which can happen while a batch waits.
+        assert self._writer is not None
+        self._connection = self._writer.channel.get_connection()
         self._replies: list[bytes] = []
         self._reply_bytes = 0
         self._batching = False
@@ -179,8 +183,7 @@ class PipelinedSFTPHandler(SFTPServerHandler):
         finally:
             self._batching = False
             self._flush_replies()
-            if self._writer:
-                _send_queued(self._writer.channel.get_connection())
+            _send_queued(self._connection)
 
     async def _answer(self, request: bytes) -> None:
         if self.logger.isEnabledFor(logging.DEBUG):
