@@ -126,8 +126,9 @@ def test_owner_and_group_are_named_once_per_number(varied_directory: Path) -> No
 def test_a_time_past_32_bits_wraps_instead_of_failing(tmp_path: Path) -> None:
     late = tmp_path / "late"
     late.write_bytes(b"")
-    os.utime(late, ns=(2**33 * 10**9, 2**33 * 10**9 + 5))
+    os.utime(late, ns=((2**32 + 7) * 10**9, (2**32 + 9) * 10**9 + 5))
 
     attributes = sftp_names.encode_attributes(os.lstat(late))
 
-    assert attributes[-8:] == bytes(8)  # 2**33 modulo 2**32, twice
+    assert attributes[-8:-4] == (7).to_bytes(4, "big")  # atime modulo 2**32
+    assert attributes[-4:] == (9).to_bytes(4, "big")  # mtime modulo 2**32

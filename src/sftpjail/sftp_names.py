@@ -8,13 +8,15 @@ calls, then encodes both field by field.  For SFTP v3, which every
 common client speaks, a listed entry on the wire is its name, its long
 name and six numbers, so `encode_names` packs those from the
 `os.stat_result` directly, and `LongNames` formats the long names the
-way asyncssh's `SFTPServer.format_longname` does, remembering the date
-text of each modification time it has seen in one listing.
+way asyncssh's `SFTPServer.format_longname` does, remembering for the
+whole listing the date text of each modification time and the name of
+each owner and group it has seen.
 
 The bytes are the same as asyncssh's for every entry a Linux file system
-can hold (tests compare the two), with one difference on purpose: a time
+can hold (tests compare the two), with two differences on purpose: a time
 outside the 32-bit range of SFTP v3 is sent modulo 2^32 instead of
-failing the whole reply.
+failing the whole reply, and a date the C library cannot convert is
+left empty.
 """
 
 from __future__ import annotations
@@ -127,7 +129,12 @@ class LongNames:
 
 
 def _format_date(mtime: int, recent: bool) -> str:
-    local = time.localtime(mtime)
+    try:
+        local = time.localtime(mtime)
+    except (OverflowError, OSError):
+        # Beyond what the C library can convert: no date rather than no
+        # listing (asyncssh would fail the whole reply).
+        return ""
     try:
         day = time.strftime("%e", local)
     except ValueError:
