@@ -22,8 +22,10 @@ import pytest
 from serverlab import ServerLab, descendants, process_ids
 
 TESTS_DIR = Path(__file__).parent
-# Long enough for the zygote to start, so a failed start has one to leave.
-NOT_READY_TIMEOUT = 5.0
+# Long enough for the zygote to start, so a failed start has one to leave,
+# even on a machine busy with the rest of the suite (the first start also
+# makes the host keys).
+NOT_READY_TIMEOUT = 12.0
 GONE_TIMEOUT = 30.0
 
 
