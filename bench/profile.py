@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -172,11 +174,23 @@ def _profile_logins(
     return time.monotonic() - started
 
 
+def _py_spy() -> str:
+    """py-spy from PATH, or from the virtual environment running this."""
+
+    beside_python = Path(sys.executable).parent / "py-spy"
+    found = shutil.which("py-spy") or (
+        str(beside_python) if beside_python.exists() else None
+    )
+    if found is None:
+        raise SystemExit("py-spy is missing: pip install -e '.[bench]'")
+    return found
+
+
 def _start_py_spy(
     pid: int, raw: Path, rate: int, *, follow: bool
 ) -> subprocess.Popen[bytes]:
     command = [
-        "py-spy",
+        _py_spy(),
         "record",
         "--pid",
         str(pid),
