@@ -28,7 +28,7 @@ import pytest
 from asyncssh.connection import SSHConnection
 from cryptography.hazmat.primitives.ciphers import CipherContext
 
-from serverlab import ServerLab
+from serverlab import ClientKey, ServerLab
 from sftpjail import transport
 from sftpjail.transport import EARLY_WRITE_BYTES, Outbox
 
@@ -317,11 +317,22 @@ def test_large_transfers_are_byte_identical(
             stream.write(os.urandom(1 << 20))
     back = tmp_path / "back.bin"
 
-    completed = subprocess.run(
+    completed = _put_and_get(lab, key, original, back, "-c", cipher)
+
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
+    assert _digest(lab.data_dir / "alice" / "big.bin") == _digest(original)
+    assert _digest(back) == _digest(original)
+
+
+def _put_and_get(
+    lab: ServerLab, key: ClientKey, original: Path, back: Path, *options: str
+) -> subprocess.CompletedProcess[bytes]:
+    """Upload `original` as alice's big.bin, then download it to `back`."""
+
+    return subprocess.run(
         [
             "sftp",
-            "-c",
-            cipher,
+            *options,
             *lab.ssh_options(key),
             "-P",
             str(lab.port),
@@ -333,10 +344,6 @@ def test_large_transfers_are_byte_identical(
         capture_output=True,
         timeout=120,
     )
-
-    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
-    assert _digest(lab.data_dir / "alice" / "big.bin") == _digest(original)
-    assert _digest(back) == _digest(original)
 
 
 def _digest(path: Path) -> str:
@@ -514,6 +521,7 @@ def test_a_fresh_interpreter_installs_every_tuning() -> None:
 
     script = (
         "import asyncssh.encryption, json\n"
+        "from asyncssh.channel import SSHChannel\n"
         "from asyncssh.connection import SSHConnection\n"
         "from sftpjail import sftp_pipeline, transport\n"
         "installed = transport.install_tunings()\n"
@@ -524,6 +532,9 @@ def test_a_fresh_interpreter_installs_every_tuning() -> None:
         "    'again': again,\n"
         "    'send': SSHConnection._send.__name__,\n"
         "    'send_packet': SSHConnection.send_packet.__name__,\n"
+        "    'inside_it': SSHConnection.send_packet.__wrapped__.__name__,\n"
+        "    'channel_send_packet': SSHChannel.send_packet.__name__,\n"
+        "    'hands_over': sftp_pipeline._hand_over.__name__,\n"
         "    'data_received': SSHConnection.data_received.__name__,\n"
         "    'chacha': registry[b'chacha20-poly1305@openssh.com'][0].__name__,\n"
         "    'gcm': registry[b'aes128-gcm@openssh.com'][0].__name__,\n"
@@ -541,7 +552,10 @@ def test_a_fresh_interpreter_installs_every_tuning() -> None:
     assert state["installed"] == [tuning.name for tuning in transport.TUNINGS]
     assert state["again"] == state["installed"]
     assert state["send"] == "send_through_outbox"
-    assert state["send_packet"] == "send_packet_without_empty_ignore"
+    assert state["send_packet"] == "send_packet_framed_in_one_join"
+    assert state["inside_it"] == "send_packet_without_empty_ignore"
+    assert state["channel_send_packet"] == "send_packet_unjoined"
+    assert state["hands_over"] == "hand_over"
     assert state["data_received"] == "data_received_in_pieces"
     assert state["chacha"] == "ChachaPoly1305Encryption"
     assert state["gcm"] == "AesGcmEncryption"
@@ -575,3 +589,29 @@ def test_lean_chacha_is_left_out_on_a_cryptography_without_reset_nonce(
         lean_chacha.install()
 
     assert registry == before
+
+
+@pytest.mark.parametrize(
+    "cipher", ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"]
+)
+def test_transfers_survive_a_key_exchange_every_megabyte(
+    lab: ServerLab, tmp_path: Path, cipher: str
+) -> None:
+    """Packets sent while a new key exchange runs wait for its keys."""
+
+    key = lab.add_user("alice")
+    lab.start()
+    original = tmp_path / "original.bin"
+    original.write_bytes(os.urandom(12 << 20))
+    back = tmp_path / "back.bin"
+
+    completed = _put_and_get(
+        lab, key, original, back, "-v", "-c", cipher, "-o", "RekeyLimit=1M"
+    )
+
+    log = completed.stderr.decode(errors="replace")
+    assert completed.returncode == 0, log
+    # The first key exchange, then one per megabyte each way.
+    assert log.count("SSH2_MSG_KEXINIT sent") > 10, log
+    assert _digest(lab.data_dir / "alice" / "big.bin") == _digest(original)
+    assert _digest(back) == _digest(original)

@@ -91,22 +91,37 @@ def _send_nothing_early(connection: object) -> None:
     """Leave a connection's packets to go out at the end of the turn."""
 
 
+def _write_copy(channel: Any, data: bytearray) -> None:
+    """Write to a channel the way asyncssh does: it copies the data."""
+
+    channel.write(bytes(data))
+
+
 # Writes what a connection has queued for the socket at once; sessions
 # call it after a batch, when their replies are all queued.
 _send_queued: Callable[[object], None] = _send_nothing_early
 
+# Writes a batch's replies, a bytearray nobody else holds, to a channel.
+_hand_over: Callable[[Any, bytearray], None] = _write_copy
 
-def enable(send_queued: Callable[[object], None] = _send_nothing_early) -> None:
+
+def enable(
+    send_queued: Callable[[object], None] = _send_nothing_early,
+    hand_over: Callable[[Any, bytearray], None] = _write_copy,
+) -> None:
     """Serve SFTP sessions with PipelinedSFTPHandler from now on.
 
     `send_queued(connection)` writes the packets the connection holds back
     until the end of the loop turn (sftpjail.transport's Outbox), so the
     replies to a batch leave as soon as the batch is answered.
+    `hand_over(channel, data)` writes a batch's replies to the channel
+    without copying them again (sftpjail.transport.hand_over).
     """
 
-    global _enabled, _send_queued
+    global _enabled, _send_queued, _hand_over
     _enabled = True
     _send_queued = send_queued
+    _hand_over = hand_over
 
 
 def enabled() -> bool:
@@ -149,11 +164,11 @@ class PipelinedSFTPHandler(SFTPServerHandler):
 
         if not self._replies:
             return
-        replies = b"".join(self._replies)
+        replies = bytearray().join(self._replies)
         self._replies.clear()
         self._reply_bytes = 0
         if self._writer and not self._writer.channel.is_closing():
-            self._writer.write(replies)
+            _hand_over(self._writer.channel, replies)
 
     async def recv_packets(self) -> None:
         """Answer requests until the client closes the channel."""

@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
+import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
 import asyncssh
 import asyncssh.encryption
+from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import MSG_IGNORE, MSG_USERAUTH_LAST
 from asyncssh.encryption import Encryption
 from asyncssh.logging import SSHLogger
-from asyncssh.packet import SSHPacketLogger
+from asyncssh.packet import SSHPacketLogger, UInt32
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -45,6 +49,9 @@ logger = logging.getLogger("sftpjail.transport")
 
 # The asyncssh minor version these tunings were written and tested for.
 WRITTEN_FOR = (2, 24)
+
+# SSHConnection.send_packet(connection, pkttype, *args, handler=None).
+SendPacket = Callable[..., None]
 
 # An SSH string of length zero: the payload of asyncssh's padding packets.
 _EMPTY_STRING = bytes(4)
@@ -63,6 +70,8 @@ class Tuning:
     # its code must still use for the tuning's reasoning to hold.
     needs: dict[str, tuple[str, ...]]
     install: Callable[[], None]
+    # Tunings this one builds on, which must be installed before it.
+    after: tuple[str, ...] = ()
 
     def unavailable(self, version: str) -> str | None:
         """Why this tuning cannot be installed on `version`, or None."""
@@ -95,8 +104,14 @@ def _find(path: str) -> object | None:
 
 
 def _names_used_by(target: object) -> set[str]:
-    """The global and attribute names a function's code refers to."""
+    """The global and attribute names a function's code refers to.
 
+    For a tuning's wrapper (`__wrapped__`), those of asyncssh's function
+    inside it.
+    """
+
+    if callable(target):
+        target = inspect.unwrap(target)
     code = getattr(target, "__code__", None)
     return set(code.co_names) if code is not None else set()
 
@@ -109,8 +124,8 @@ def _replace(owner: type, name: str, replacement: object) -> None:
 # -- no empty SSH_MSG_IGNORE before every packet ----------------------------
 
 
-def _drop_empty_ignore() -> None:
-    """Stop the empty SSH_MSG_IGNORE asyncssh sends before every packet.
+def without_empty_ignore(send_packet: SendPacket) -> SendPacket:
+    """`SSHConnection.send_packet` without the empty SSH_MSG_IGNORE.
 
     Once encryption is on, asyncssh 2.24's `SSHConnection.send_packet`
     sends an empty ignore packet ahead of every packet past the key
@@ -121,8 +136,6 @@ def _drop_empty_ignore() -> None:
     with a payload, which asyncssh never sends itself, still go out.
     """
 
-    send_packet = SSHConnection.send_packet
-
     def send_packet_without_empty_ignore(
         connection: SSHConnection, pkttype: int, *args: bytes, **options: Any
     ) -> None:
@@ -130,7 +143,13 @@ def _drop_empty_ignore() -> None:
             return
         send_packet(connection, pkttype, *args, **options)
 
-    _replace(SSHConnection, "send_packet", send_packet_without_empty_ignore)
+    send_packet_without_empty_ignore.__wrapped__ = send_packet  # type: ignore[attr-defined]
+    return send_packet_without_empty_ignore
+
+
+def _drop_empty_ignore() -> None:
+    send_packet = without_empty_ignore(SSHConnection.send_packet)
+    _replace(SSHConnection, "send_packet", send_packet)
 
 
 # -- one socket write per turn of the event loop ----------------------------
@@ -316,6 +335,24 @@ class AeadEncryption(Encryption):
 
         return 0, TAG_BYTES, True
 
+    def seal(self, seq: int, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+        """Encrypt and authenticate a packet: the pieces to send, in order.
+
+        Sent one after the other, the pieces are the packet on the wire
+        (length, encrypted packet, tag); they are left apart because the
+        Outbox joins a turn's pieces anyway.
+        """
+
+        raise NotImplementedError
+
+    def encrypt_packet(
+        self, seq: int, header: bytes, packet: bytes
+    ) -> tuple[bytes, bytes]:
+        """The sealed packet as asyncssh's connection sends it: `packet + mac`."""
+
+        *sealed, last = self.seal(seq, header, packet)
+        return b"".join(sealed), last
+
 
 class ChachaPoly1305Encryption(AeadEncryption):
     """chacha20-poly1305@openssh.com with two ChaCha20 streams per direction.
@@ -336,10 +373,8 @@ class ChachaPoly1305Encryption(AeadEncryption):
         self._payload = _chacha_stream(key[:32])
         self._length = _chacha_stream(key[32:])
 
-    def encrypt_packet(
-        self, seq: int, header: bytes, packet: bytes
-    ) -> tuple[bytes, bytes]:
-        """Encrypt the length and the packet; return them and the tag."""
+    def seal(self, seq: int, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+        """The encrypted length, the encrypted packet and the tag."""
 
         nonce = _nonce_of(seq)
         self._length.reset_nonce(nonce)
@@ -350,7 +385,7 @@ class ChachaPoly1305Encryption(AeadEncryption):
         tag = Poly1305(key)
         tag.update(length)
         tag.update(body)
-        return length + body, tag.finalize()
+        return length, body, tag.finalize()
 
     def decrypt_header(
         self, seq: int, first_block: bytes, header_len: int
@@ -457,7 +492,7 @@ def _batch_sftp_requests() -> None:
     place of asyncssh's `run_sftp_server`.
     """
 
-    sftp_pipeline.enable(send_queued)
+    sftp_pipeline.enable(send_queued, hand_over)
 
 
 # -- AES-GCM with one cipher per direction and fewer copies ------------------
@@ -476,8 +511,8 @@ class AesGcmEncryption(AeadEncryption):
     the tag off the sealed packet and lets the connection join it on
     again, and joins a received packet's parts twice before opening it.
     Here each direction keeps one AESGCM and the invocation counter of the
-    nonce; a sealed packet goes out as one piece (the connection appends
-    an empty MAC, which copies nothing), and a received one is joined once.
+    nonce; a sealed packet goes out as the length and the encrypted packet
+    with its tag, and a received one is joined once.
     """
 
     def __init__(self, key: bytes, iv: bytes) -> None:
@@ -490,12 +525,10 @@ class AesGcmEncryption(AeadEncryption):
         self._invocation = (self._invocation + 1) & _GCM_COUNTER_MASK
         return nonce
 
-    def encrypt_packet(
-        self, seq: int, header: bytes, packet: bytes
-    ) -> tuple[bytes, bytes]:
-        """The length in the clear, the sealed packet and its tag, in one."""
+    def seal(self, seq: int, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+        """The length in the clear, then the encrypted packet and its tag."""
 
-        return header + self._aead.encrypt(self._next_nonce(), packet, header), b""
+        return header, self._aead.encrypt(self._next_nonce(), packet, header)
 
     def decrypt_header(
         self, seq: int, first_block: bytes, header_len: int
@@ -528,6 +561,122 @@ def _use_lean_gcm() -> None:
         _asyncssh_class, cipher_name = registry[name]
         registry[name] = (AesGcmEncryption, cipher_name)
         logger.debug("Replaced the encryption of %s.", name.decode())
+
+
+# -- packets framed and sealed with fewer copies -----------------------------
+
+
+def framed_in_one_join(send_packet: SendPacket) -> SendPacket:
+    """`SSHConnection.send_packet` framing and sealing with one copy, not five.
+
+    asyncssh 2.24's `SSHConnection.send_packet` joins the packet type and
+    payload, then the padding length, payload and padding, and the
+    encrypted packet and its MAC, and the channel layer has joined the
+    channel number onto the payload before: a 32 KiB read reply is copied
+    four times on its way to the cipher and once after it.  Here a
+    session's packet (a type past user authentication, on a connection
+    whose key exchange and authentication are done) is joined once,
+    sealed by one of the AEAD classes above, and its pieces go to the
+    connection's Outbox, which joins the turn's packets anyway.
+
+    Every other packet, and every packet while a key exchange is due or
+    running, with compression on or with packet logging at asyncssh's
+    debug level 3, goes to `send_packet`, asyncssh's own path, which
+    checks and handles each of those cases.  Like `without_empty_ignore`,
+    this path sends no empty ignore packet.
+    """
+
+    def send_packet_framed_in_one_join(
+        connection: SSHConnection,
+        pkttype: int,
+        *args: bytes,
+        handler: SSHPacketLogger | None = None,
+    ) -> None:
+        encryption = connection._send_encryption
+        if (
+            pkttype <= MSG_USERAUTH_LAST
+            or not isinstance(encryption, AeadEncryption)
+            or not (connection._kex_complete and connection._auth_complete)
+            or connection._compressor is not None
+            or _rekey_due(connection)
+            or SSHLogger._debug_level >= _PACKET_DEBUG_LEVEL
+        ):
+            send_packet(connection, pkttype, *args, handler=handler)
+            return
+
+        payload_bytes = 1 + sum(len(arg) for arg in args)
+        block = connection._send_blocksize
+        padding = -(connection._send_enchdrlen + payload_bytes) % block
+        if padding < _MIN_PADDING:
+            padding += block
+        packet_bytes = 1 + payload_bytes + padding
+        packet = b"".join((bytes((padding, pkttype)), *args, os.urandom(padding)))
+
+        seq = connection._send_seq
+        for piece in encryption.seal(seq, packet_bytes.to_bytes(4, "big"), packet):
+            connection._send(piece)
+        connection._send_seq = (seq + 1) & _SEQ_MASK
+        connection._rekey_bytes_sent += packet_bytes
+
+    send_packet_framed_in_one_join.__wrapped__ = send_packet  # type: ignore[attr-defined]
+    return send_packet_framed_in_one_join
+
+
+def _frame_in_one_join() -> None:
+    send_packet = framed_in_one_join(SSHConnection.send_packet)
+    _replace(SSHConnection, "send_packet", send_packet)
+
+
+def _rekey_due(connection: SSHConnection) -> bool:
+    """Whether asyncssh would start a key exchange before this packet."""
+
+    return connection._rekey_bytes_sent >= connection._rekey_bytes or bool(
+        connection._rekey_seconds and time.monotonic() >= connection._rekey_time
+    )
+
+
+# RFC 4253, section 6: at least four bytes of padding; sequence numbers
+# wrap at 2^32.
+_MIN_PADDING = 4
+_SEQ_MASK = 0xFFFFFFFF
+
+
+def send_packet_unjoined(channel: SSHChannel[Any], pkttype: int, *args: bytes) -> None:
+    """`SSHChannel.send_packet` leaving the join to the connection.
+
+    asyncssh 2.24's `SSHChannel.send_packet` joins the recipient channel
+    number onto the rest of the payload, and the connection joins the
+    payload again; the connection's join is the one that is needed.
+    """
+
+    if channel._send_chan is None:
+        return
+    assert channel._conn is not None
+    channel._conn.send_packet(
+        pkttype, UInt32(channel._send_chan), *args, handler=channel
+    )
+
+
+def _channel_payload_unjoined() -> None:
+    _replace(SSHChannel, "send_packet", send_packet_unjoined)
+
+
+def hand_over(channel: SSHChannel[Any], data: bytearray) -> None:
+    """`channel.write(data)` for a buffer the caller gives up: not copied.
+
+    asyncssh 2.24's `SSHChannel.write` copies what it is given into a
+    bytearray of its send buffer, which it then cuts into packets.  A
+    caller that built a bytearray for this alone hands it over instead.
+    """
+
+    if channel._send_state != "open":
+        raise BrokenPipeError("Channel not open for sending")
+    if channel._encoding or not data:
+        channel.write(bytes(data))
+        return
+    channel._send_buf.append((data, None))
+    channel._send_buf_len += len(data)
+    channel._flush_send_buf()
 
 
 TUNINGS = (
@@ -573,6 +722,35 @@ TUNINGS = (
         install=_use_lean_gcm,
     ),
     Tuning(
+        "packets framed in one join",
+        # The branches send_packet_framed_in_one_join takes asyncssh's path
+        # for, and what its own path keeps up to date.
+        needs={
+            "asyncssh.connection:SSHConnection.send_packet": (
+                "_kex_complete",
+                "_auth_complete",
+                "_rekey_bytes_sent",
+                "_rekey_bytes",
+                "_rekey_seconds",
+                "_rekey_time",
+                "_compressor",
+                "_send_enchdrlen",
+                "_send_blocksize",
+                "_send_encryption",
+                "encrypt_packet",
+                "_send_seq",
+                "_send",
+            ),
+        },
+        install=_frame_in_one_join,
+        after=("no empty ignore packets", "one write per loop turn"),
+    ),
+    Tuning(
+        "channel payloads unjoined",
+        needs={"asyncssh.channel:SSHChannel.send_packet": ("_send_chan", "_conn")},
+        install=_channel_payload_unjoined,
+    ),
+    Tuning(
         "parse in packet-sized pieces",
         needs={
             "asyncssh.connection:SSHConnection.data_received": (
@@ -605,6 +783,14 @@ TUNINGS = (
             ),
             "asyncssh.sftp:SFTPHandler.recv_packet": ("readexactly",),
             "asyncssh.sftp:SFTPHandler.send_packet": ("_writer", "write"),
+            # What hand_over does in place of SSHChannel.write.
+            "asyncssh.channel:SSHChannel.write": (
+                "_send_state",
+                "_encoding",
+                "_send_buf",
+                "_send_buf_len",
+                "_flush_send_buf",
+            ),
             "asyncssh.sftp:SFTPServerHandler._process_packet": ("send_packet",),
             "asyncssh.stream:SSHServerStreamSession.session_started": (
                 "run_sftp_server",
@@ -645,4 +831,7 @@ def _install(tuning: Tuning, version: str) -> None:
     reason = tuning.unavailable(version)
     if reason is not None:
         raise TuningUnavailableError(reason)
+    for name in tuning.after:
+        if name not in _installed:
+            raise TuningUnavailableError(f"it builds on the {name} tuning")
     tuning.install()
