@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = f"profile-{arguments.workload}-{time.strftime('%H%M%S')}"
     raw = output_dir / f"{stem}.txt"
 
-    workspace = Workspace()
+    workspace = Workspace(arguments.workspace) if arguments.workspace else Workspace()
     server: SftpjailServer | None = None
     try:
         source = arguments.sftpjail_source
@@ -108,6 +108,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--sftpjail-revision", metavar="REV")
     parser.add_argument("--sftpjail-source", type=Path, metavar="DIR")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        metavar="DIR",
+        help="root-owned directory for the run's files, e.g. on a tmpfs",
+    )
     return parser.parse_args(argv)
 
 
