@@ -19,6 +19,7 @@ leave the supervisor serving a real `sftp` login.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncssh
 import pytest
 
 from serverlab import ClientKey, ServerLab, ensure_service_user, make_lab_root
@@ -246,6 +248,15 @@ def _auth(user: str, method: str, credential: str) -> dict[str, Any]:
     return {"type": "auth", "user": user, "method": method, "credential": credential}
 
 
+def _sign(key: bytes, data: bytes, algorithm: str = "ssh-ed25519") -> dict[str, Any]:
+    return {
+        "type": "sign",
+        "key": ipc.to_base64(key),
+        "algorithm": algorithm,
+        "data": ipc.to_base64(data),
+    }
+
+
 BROKEN_MESSAGES = {
     "not-json": b"{this is not json",
     "not-utf8": b"\xff\xfe\xfd",
@@ -267,6 +278,9 @@ BROKEN_MESSAGES = {
     "huge-number": b'{"type":"transfer","bytes_in":' + b"9" * 5000 + b',"bytes_out":0}',
     "lone-surrogate": b'{"type":"auth","user":"\\ud800","method":"password",'
     b'"credential":"x"}',
+    "sign-not-base64": _sign(b"key", b"x" * 32) | {"data": "not base64!"},
+    "sign-too-much": _sign(b"key", b"x" * 65),
+    "sign-missing-field": {"type": "sign", "key": "", "data": ""},
 }
 
 
@@ -409,3 +423,103 @@ def test_a_home_that_cannot_be_made_refuses_that_login_only(scene: Scene) -> Non
         impostor.close()
         home.unlink()
         moved.rename(home)
+
+
+# -- host key signatures ---------------------------------------------------------
+
+
+def _host_key(scene: Scene) -> asyncssh.SSHKey:
+    """The public half of the server's Ed25519 host key."""
+
+    private = asyncssh.read_private_key(
+        scene.rig.lab.state_dir / "ssh_host_ed25519_key"
+    )
+    return asyncssh.import_public_key(private.export_public_key())
+
+
+def _signature(scene: Scene, impostor: Impostor, message: dict[str, Any]) -> Any:
+    impostor.send(message)
+    reply = scene.rig.reply(impostor)
+    assert reply["type"] == "signature"
+    return reply
+
+
+def test_an_exchange_hash_is_signed_once_before_login(scene: Scene) -> None:
+    host_key = _host_key(scene)
+    exchange_hash = os.urandom(32)
+    impostor = scene.rig.impostor()
+    try:
+        first = _signature(scene, impostor, _sign(host_key.public_data, exchange_hash))
+        second = _signature(scene, impostor, _sign(host_key.public_data, exchange_hash))
+
+        signature = base64.b64decode(first["signature"])
+        assert host_key.verify(exchange_hash, signature)
+        assert second == {
+            "type": "signature",
+            "error": "only one key exchange before login",
+        }
+        assert scene.rig.is_open(impostor)
+    finally:
+        impostor.close()
+
+
+def test_after_login_every_key_exchange_is_signed(scene: Scene) -> None:
+    host_key = _host_key(scene)
+    impostor = scene.rig.impostor()
+    try:
+        _signature(scene, impostor, _sign(host_key.public_data, bytes(32)))
+        impostor.send(_auth("alice", "publickey", scene.alice.public_line))
+        assert scene.rig.reply(impostor)["ok"] is True
+        impostor.send({"type": "login", "user": "alice"})
+
+        for size in (32, 48, 64):
+            data = os.urandom(size)
+            reply = _signature(scene, impostor, _sign(host_key.public_data, data))
+            assert host_key.verify(data, base64.b64decode(reply["signature"]))
+    finally:
+        impostor.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"data": bytes(20)}, "20 bytes are not an exchange hash"),
+        ({"key": b"not one of ours"}, "no such host key"),
+        ({"algorithm": "rsa-sha2-256"}, "rsa-sha2-256 does not fit the key"),
+    ],
+    ids=["not-a-hash", "unknown-key", "wrong-algorithm"],
+)
+def test_only_an_exchange_hash_by_a_host_key_is_signed(
+    scene: Scene, change: dict[str, Any], error: str
+) -> None:
+    host_key = _host_key(scene)
+    request = {
+        "key": host_key.public_data,
+        "data": bytes(32),
+        "algorithm": "ssh-ed25519",
+    }
+    request.update(change)
+    impostor = scene.rig.impostor()
+    try:
+        reply = _signature(
+            scene,
+            impostor,
+            _sign(request["key"], request["data"], request["algorithm"]),
+        )
+
+        assert reply == {"type": "signature", "error": error}
+    finally:
+        impostor.close()
+
+
+def test_a_signature_does_not_cut_a_refusal_delay_short(scene: Scene) -> None:
+    host_key = _host_key(scene)
+    impostor = scene.rig.impostor()
+    try:
+        impostor.send(_auth("alice", "password", "a wrong guess"))
+        _signature(scene, impostor, _sign(host_key.public_data, bytes(32)))
+        # The refusal is still due: asking again now is out of turn.
+        impostor.send(_auth("alice", "password", "another guess"))
+        assert_only_that_session_ended(scene, impostor)
+    finally:
+        impostor.close()

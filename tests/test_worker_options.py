@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncssh
+
 from sftpjail import worker
 from sftpjail.config import Config, load_config
+from sftpjail.hostkeys import DelegatedHostKey
 
 ENVIRONMENT = {
     "SFTPJAIL_LISTEN": "127.0.0.1:2222",
@@ -22,7 +25,11 @@ def _options(config: Config) -> dict[str, Any]:
         policy=None,  # type: ignore[arg-type]  # not read for the options
         service_owner=None,
     )
-    return worker._ssh_options(context)
+    return worker._ssh_options(context, _no_signatures)
+
+
+def _no_signatures(key: bytes, algorithm: str, data: bytes) -> bytes:
+    raise AssertionError("building the options signs nothing")
 
 
 def test_no_terminal_forwarding_or_line_editing_is_offered() -> None:
@@ -45,3 +52,27 @@ def test_only_modern_algorithms_are_offered_and_logins_are_timed() -> None:
     assert not any("sha1" in name for name in options["kex_algs"])
     assert not any("cbc" in name for name in options["encryption_algs"])
     assert options["login_timeout"] == config.limits.login_grace_time
+
+
+def test_host_keys_are_offered_without_their_private_halves() -> None:
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    public = asyncssh.import_public_key(host_key.export_public_key())
+    context = worker.WorkerContext(
+        config=load_config(None, ENVIRONMENT),
+        host_keys=(public,),
+        policy=None,  # type: ignore[arg-type]  # not read for the options
+        service_owner=None,
+    )
+    asked: list[tuple[bytes, str, bytes]] = []
+
+    def signer(key: bytes, algorithm: str, data: bytes) -> bytes:
+        asked.append((key, algorithm, data))
+        return bytes(host_key.sign(data, algorithm.encode()))
+
+    (offered,) = worker._ssh_options(context, signer)["server_host_keys"]
+    signature = offered.sign(bytes(32))
+
+    assert isinstance(offered, DelegatedHostKey)
+    assert offered.public_data == host_key.public_data
+    assert asked == [(host_key.public_data, "ssh-ed25519", bytes(32))]
+    assert public.verify(bytes(32), signature)

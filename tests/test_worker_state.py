@@ -3,10 +3,11 @@
 A worker serving a logged-in `sftp` client must run as the unprivileged
 service user with no capabilities, under seccomp and no_new_privs, in one
 thread, unreachable by ptrace from a process of the same user, and holding
-neither a listening socket nor a password hash.  The zygote it was forked
-from is a separate, freshly executed interpreter whose memory never held
-the users file either; the supervisor's does, which shows the memory scan
-can see a hash where there is one.
+neither a listening socket, a password hash nor a host private key.  The
+zygote it was forked from is a separate, freshly executed interpreter
+whose memory never held the users file or a private key either; the
+supervisor's does, which shows the memory scan can see them where they
+are.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from serverlab import SERVICE_USER, ClientKey, ServerLab, descendants, uid_of
 from sftpjail.users import UsersFile
@@ -277,5 +280,43 @@ def test_no_password_hash_outside_the_supervisor(serving: Serving) -> None:
     in_worker = _memory_holds(serving.worker, needles)
 
     assert in_supervisor == set(needles), "the scan cannot see the hashes"
+    assert in_zygote == set()
+    assert in_worker == set()
+
+
+def _host_key_secrets(state_dir: Path) -> dict[str, tuple[bytes, ...]]:
+    """The private numbers of each host key, as memory may hold them.
+
+    An Ed25519 key is its 32-byte seed; an ECDSA key its private scalar,
+    which OpenSSL keeps as a little-endian number, so both byte orders.
+    """
+
+    seed = serialization.load_ssh_private_key(
+        (state_dir / "ssh_host_ed25519_key").read_bytes(), None
+    )
+    assert isinstance(seed, ed25519.Ed25519PrivateKey)
+    scalar = serialization.load_ssh_private_key(
+        (state_dir / "ssh_host_ecdsa_key").read_bytes(), None
+    )
+    assert isinstance(scalar, ec.EllipticCurvePrivateKey)
+    value = scalar.private_numbers().private_value
+    return {
+        "ed25519": (seed.private_bytes_raw(),),
+        "ecdsa": (value.to_bytes(32, "big"), value.to_bytes(32, "little")),
+    }
+
+
+def test_no_host_private_key_outside_the_supervisor(serving: Serving) -> None:
+    secrets = _host_key_secrets(serving.lab.state_dir)
+    needles = tuple(needle for found in secrets.values() for needle in found)
+
+    in_supervisor = _memory_holds(serving.supervisor, needles)
+    in_zygote = _memory_holds(serving.zygote, needles)
+    in_worker = _memory_holds(serving.worker, needles)
+
+    # The supervisor signs each key exchange, so the scan must see the keys
+    # there; the worker that just had its key exchange signed holds none.
+    assert set(secrets["ed25519"]) <= in_supervisor, "the scan cannot see the keys"
+    assert in_supervisor & set(secrets["ecdsa"]), "the scan cannot see the keys"
     assert in_zygote == set()
     assert in_worker == set()

@@ -3,12 +3,20 @@
 A client pins the host key on first contact, so losing or regenerating it
 makes every user see a scary warning.  Keys are therefore written once,
 atomically and with mode 0600, and every later start reads the same files.
+
+Only the supervisor holds the private halves.  A worker, which talks to
+the network and may be taken over, gets the public halves as
+`DelegatedHostKey`s, which ask the supervisor for each signature of a key
+exchange; `HostKeySigner` answers, signing nothing but exchange hashes.
+As with OpenSSH's privilege separation, a worker taken over can have
+signatures made while it runs, but cannot take a key away with it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +54,79 @@ class HostKey:
         """One line in the format of `ssh-keygen -l -f KEY`."""
 
         return f"{self.bits} {self.fingerprint} {self.path} ({self.type_name})"
+
+    @property
+    def public_line(self) -> str:
+        """The public half in OpenSSH's one-line format, without a comment."""
+
+        algorithm, blob, *_comment = self.key.export_public_key("openssh").split()
+        return f"{algorithm.decode('ascii')} {blob.decode('ascii')}"
+
+
+# The sizes of an SSH key exchange hash: SHA-256, SHA-384 and SHA-512.  A
+# host key signs such a hash and nothing else in a session sftpjail serves.
+EXCHANGE_HASH_SIZES = (32, 48, 64)
+
+
+class SigningRefusedError(Exception):
+    """The supervisor will not make this signature."""
+
+
+class HostKeySigner:
+    """The supervisor's side: signs exchange hashes with the private keys."""
+
+    def __init__(self, host_keys: list[HostKey]) -> None:
+        self._keys = {host_key.key.public_data: host_key.key for host_key in host_keys}
+
+    def sign(self, public_data: bytes, algorithm: str, data: bytes) -> bytes:
+        """Sign `data`, which must be an exchange hash, with the key named."""
+
+        key = self._keys.get(public_data)
+        if key is None:
+            raise SigningRefusedError("no such host key")
+        if algorithm.encode("ascii") not in key.sig_algorithms:
+            raise SigningRefusedError(f"{algorithm} does not fit the key")
+        if len(data) not in EXCHANGE_HASH_SIZES:
+            raise SigningRefusedError(f"{len(data)} bytes are not an exchange hash")
+        return bytes(key.sign(data, algorithm.encode("ascii")))
+
+
+# Asks the supervisor for a signature: (public key data, signature
+# algorithm, data) -> the signature as asyncssh encodes it.
+RemoteSigner = Callable[[bytes, str, bytes], bytes]
+
+
+class DelegatedHostKey(asyncssh.SSHKeyPair):
+    """A worker's host key: the public half, signing through the supervisor."""
+
+    _key_type = "delegated"
+
+    def __init__(self, public_key: asyncssh.SSHKey, signer: RemoteSigner) -> None:
+        super().__init__(
+            public_key.algorithm,
+            public_key.algorithm,
+            public_key.sig_algorithms,
+            public_key.sig_algorithms,
+            public_key.public_data,
+            comment=None,
+        )
+        self._signer = signer
+
+    def sign(self, data: bytes) -> bytes:
+        """Have the supervisor sign `data` (an exchange hash)."""
+
+        return self._signer(
+            self.key_public_data, self.sig_algorithm.decode("ascii"), data
+        )
+
+
+def public_host_key(line: str) -> asyncssh.SSHKey:
+    """Read one public host key line, as `HostKey.public_line` writes it."""
+
+    try:
+        return asyncssh.import_public_key(line)
+    except asyncssh.KeyImportError as error:
+        raise HostKeyError(f"cannot read public host key {line!r}: {error}") from None
 
 
 def load_host_keys(state_dir: Path, *, create: bool = True) -> list[HostKey]:

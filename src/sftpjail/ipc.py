@@ -12,6 +12,7 @@ of every message it receives, and anything unexpected raises
 from __future__ import annotations
 
 import array
+import base64
 import json
 import os
 import socket
@@ -28,6 +29,9 @@ MAX_OPERATION_KINDS = 64
 MAX_OPERATION_KEY_CHARS = 40
 MAX_SANDBOX_TEXT_BYTES = 512
 MAX_QUOTA_DELTA = 2**62
+MAX_ALGORITHM_BYTES = 64
+# An SSH exchange hash is at most 64 bytes (SHA-512).
+MAX_SIGNED_BYTES = 64
 
 
 class ProtocolError(Exception):
@@ -85,8 +89,27 @@ class QuotaRequest:
         return self.bytes <= 0 and self.files <= 0 and (self.bytes or self.files) != 0
 
 
+@dataclass(frozen=True)
+class SignRequest:
+    """A worker asks for a host key's signature of a key exchange hash.
+
+    `key` is the public key's SSH encoding, `data` what to sign; both
+    travel base64-encoded.  Answered with a `signature` message holding
+    either `signature` or `error`.
+    """
+
+    key: bytes
+    algorithm: str
+    data: bytes
+
+
 WorkerMessage = (
-    AuthRequest | LoginNotice | TransferNotice | QuotaRequest | SandboxNotice
+    AuthRequest
+    | LoginNotice
+    | TransferNotice
+    | QuotaRequest
+    | SandboxNotice
+    | SignRequest
 )
 
 
@@ -162,6 +185,13 @@ def parse_worker_message(data: bytes) -> WorkerMessage:
         if min(request.bytes, request.files) < 0 < max(request.bytes, request.files):
             raise ProtocolError("quota message both reserves and releases")
         return request
+    if kind == "sign":
+        _expect_keys(message, {"type", "key", "algorithm", "data"})
+        return SignRequest(
+            key=_base64(message, "key", MAX_PUBLIC_KEY_BYTES),
+            algorithm=_text(message, "algorithm", MAX_ALGORITHM_BYTES),
+            data=_base64(message, "data", MAX_SIGNED_BYTES),
+        )
     raise ProtocolError(f"unknown message type {kind!r}")
 
 
@@ -184,6 +214,23 @@ def _utf8_size(text: str) -> int:
         return len(text.encode())
     except UnicodeEncodeError:
         raise ProtocolError("text holds a lone surrogate") from None
+
+
+def _base64(message: dict[str, Any], key: str, limit: int) -> bytes:
+    text = _text(message, key, limit * 2)
+    try:
+        value = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ProtocolError(f"field {key} is not base64") from None
+    if len(value) > limit:
+        raise ProtocolError(f"field {key} holds more than {limit} bytes")
+    return value
+
+
+def to_base64(data: bytes) -> str:
+    """Bytes as a message field carries them."""
+
+    return base64.b64encode(data).decode("ascii")
 
 
 def _count(message: dict[str, Any], key: str) -> int:

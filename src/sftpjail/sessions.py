@@ -91,6 +91,8 @@ class Session:
     password_failures: int = 0
     key_failure_user: str | None = None
     ending: str | None = None
+    # Host key signatures made for this session's key exchanges.
+    signatures: int = 0
 
     def take_transfer(self, notice: ipc.TransferNotice) -> Transfer:
         """Take a worker's cumulative counters; only their growth counts."""
@@ -163,9 +165,18 @@ class Sessions(Mapping[int, Session]):
         return sum(1 for session in self._open.values() if session.user is not None)
 
     def reply(self, session: Session, message: dict[str, object]) -> None:
-        """Answer a session's worker; forget the session if its link is gone."""
+        """Answer a session's worker's login request; see `answer`."""
 
         session.pending_reply = False
+        self.answer(session, message)
+
+    def answer(self, session: Session, message: dict[str, object]) -> None:
+        """Send to a session's worker; forget the session if its link is gone.
+
+        Unlike `reply`, this leaves a login answer that is still due (a
+        refusal waiting out its delay) due.
+        """
+
         if session.connection_id not in self._open:
             return
         try:

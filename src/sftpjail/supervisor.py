@@ -78,7 +78,7 @@ from sftpjail.control import (
 )
 from sftpjail.defense import Defense, defense_from_settings
 from sftpjail.exchange import ExchangeListener
-from sftpjail.hostkeys import load_host_keys
+from sftpjail.hostkeys import HostKeySigner, SigningRefusedError, load_host_keys
 from sftpjail.listeners import admission_refusal, bind_listener, refuse_connection
 from sftpjail.logins import Logins, home_owner
 from sftpjail.metrics import Metrics, MetricsResponder
@@ -106,6 +106,7 @@ class Supervisor:
         self.shutdown_deadline: float | None = None
         self.started_at = time.time()
         self.sandbox_layers: str | None = None
+        self.signer = HostKeySigner([])
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._local_services: list[ExchangeListener] = []
         self._control_socket_bound = False
@@ -152,8 +153,11 @@ class Supervisor:
         # A replica shares its keys with the others: making its own would
         # give clients a different host key depending on the replica.
         replica = self.config.replica
-        for host_key in load_host_keys(self.config.state_dir, create=not replica):
+        host_keys = load_host_keys(self.config.state_dir, create=not replica)
+        for host_key in host_keys:
             logger.info("Host key %s.", host_key.describe())
+        self.signer = HostKeySigner(host_keys)
+        self.zygote.host_keys = [host_key.public_line for host_key in host_keys]
 
         self.logins.home_owner = home_owner(self.config)
         self.live_users.load()
@@ -428,6 +432,35 @@ class Supervisor:
             self.sandbox_layers = message.layers
         elif isinstance(message, ipc.QuotaRequest):
             self._answer_quota(session, message)
+        elif isinstance(message, ipc.SignRequest):
+            self._answer_signature(session, message)
+
+    def _answer_signature(self, session: Session, request: ipc.SignRequest) -> None:
+        """Sign a worker's key exchange: once before login, then on each rekey.
+
+        A client has no reason to exchange keys again before it logs in, and
+        a worker taken over before login must not get a signature per
+        request it makes up.
+        """
+
+        try:
+            if session.user is None and session.signatures >= 1:
+                raise SigningRefusedError("only one key exchange before login")
+            signature = self.signer.sign(request.key, request.algorithm, request.data)
+        except SigningRefusedError as error:
+            logger.warning(
+                "Refused a host key signature for connection %d: %s.",
+                session.connection_id,
+                error,
+            )
+            self.sessions.answer(session, {"type": "signature", "error": str(error)})
+            return
+        session.signatures += 1
+        reply: dict[str, object] = {
+            "type": "signature",
+            "signature": ipc.to_base64(signature),
+        }
+        self.sessions.answer(session, reply)
 
     def _answer_quota(self, session: Session, request: ipc.QuotaRequest) -> None:
         reply = self.quotas.handle(session.connection_id, request)

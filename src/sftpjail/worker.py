@@ -19,6 +19,7 @@ forwarding, tunnels.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import logging
 import os
@@ -35,7 +36,7 @@ from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 from sftpjail import ipc, sandbox, sftp_pipeline
 from sftpjail.audit import audit
 from sftpjail.config import Config
-from sftpjail.hostkeys import HostKey
+from sftpjail.hostkeys import DelegatedHostKey, RemoteSigner
 from sftpjail.jailpath import Jail
 from sftpjail.permissions import (
     ALL_PERMISSIONS,
@@ -95,6 +96,8 @@ KEEPALIVE_INTERVAL = 30.0
 KEEPALIVE_COUNT_MAX = 3
 # How often, at most, a worker reports its transfer counters.
 TRANSFER_REPORT_INTERVAL = 2.0
+# How long a key exchange waits for the supervisor's host key signature.
+SIGN_TIMEOUT = 10.0
 
 # Channel requests an SFTP-only server never grants, and how to name them
 # in the audit log.
@@ -113,6 +116,7 @@ class WorkerContext:
     """What the zygote prepares once and every worker inherits."""
 
     config: Config
+    # Public halves only: signatures come from the supervisor.
     host_keys: tuple[asyncssh.SSHKey, ...]
     policy: sandbox.WorkerPolicy
     service_owner: tuple[int, int] | None
@@ -158,7 +162,7 @@ def _limit(value: object) -> int | None:
     raise ValueError(f"quota limit {value!r} is not a number")
 
 
-def prepare(config: Config, host_keys: list[HostKey]) -> WorkerContext:
+def prepare(config: Config, host_keys: list[asyncssh.SSHKey]) -> WorkerContext:
     """Resolve everything a worker needs while the file system is open."""
 
     owner = None
@@ -169,7 +173,7 @@ def prepare(config: Config, host_keys: list[HostKey]) -> WorkerContext:
     sandbox.preload_modules()
     return WorkerContext(
         config=config,
-        host_keys=tuple(key.key for key in host_keys),
+        host_keys=tuple(host_keys),
         policy=sandbox.worker_policy(config),
         service_owner=owner,
     )
@@ -242,7 +246,7 @@ async def _serve(
         connection = await asyncssh.run_server(
             client,
             server_factory=lambda: server,
-            **_ssh_options(context),
+            **_ssh_options(context, link.sign),
         )
     except (TimeoutError, asyncssh.Error, OSError) as error:
         logger.debug("Connection %d ended before login: %s", connection_id, error)
@@ -263,9 +267,10 @@ async def _report_transfers(server: SessionServer) -> None:
         server.report_transfers()
 
 
-def _ssh_options(context: WorkerContext) -> dict[str, Any]:
+def _ssh_options(context: WorkerContext, signer: RemoteSigner) -> dict[str, Any]:
+    host_keys = [DelegatedHostKey(key, signer) for key in context.host_keys]
     return {
-        "server_host_keys": list(context.host_keys),
+        "server_host_keys": host_keys,
         "server_version": "sftpjail",
         "kex_algs": list(KEX_ALGORITHMS),
         "encryption_algs": list(ENCRYPTION_ALGORITHMS),
@@ -314,6 +319,45 @@ class SupervisorLink:
             await loop.sock_sendall(self._sock, ipc.encode(message))
             return await self._reply
 
+    def sign(self, key: bytes, algorithm: str, data: bytes) -> bytes:
+        """Have the supervisor sign a key exchange; wait for it here.
+
+        asyncssh signs in the middle of handling a packet and cannot wait
+        in the event loop, so this blocks for the reply (the supervisor
+        answers at once).  Messages that arrive before it are handed to
+        the usual reader once the loop runs again.
+        """
+
+        request = {
+            "type": "sign",
+            "key": ipc.to_base64(key),
+            "algorithm": algorithm,
+            "data": ipc.to_base64(data),
+        }
+        self._sock.settimeout(SIGN_TIMEOUT)
+        try:
+            self._sock.send(ipc.encode(request))
+            while True:
+                received = self._sock.recv(ipc.MAX_MESSAGE_BYTES)
+                if not received:
+                    raise ConnectionError("the supervisor went away")
+                message = ipc.decode(received)
+                if message["type"] == "signature":
+                    break
+                asyncio.get_running_loop().call_soon(self._dispatch, message)
+        except (OSError, ipc.ProtocolError) as error:
+            raise asyncssh.KeyExchangeFailed(
+                f"no host key signature: {error}"
+            ) from None
+        finally:
+            self._sock.setblocking(False)
+
+        signature = message.get("signature")
+        if not isinstance(signature, str):
+            reason = message.get("error", "no signature in the reply")
+            raise asyncssh.KeyExchangeFailed(f"host key signature refused: {reason}")
+        return base64.b64decode(signature)
+
     def notify(self, message: dict[str, Any]) -> None:
         """Send a message that needs no reply."""
 
@@ -332,22 +376,26 @@ class SupervisorLink:
             if not data:
                 self._fail_pending("the supervisor went away")
                 return
-            message = ipc.decode(data)
-            if message["type"] == "end":
-                if self.on_end is not None:
-                    self.on_end(str(message.get("reason", "ended by the server")))
-                continue
-            if (
-                self._reply is not None
-                and not self._reply.done()
-                and message["type"] == self._reply_type
-            ):
-                self._reply.set_result(message)
-            else:
-                logger.warning(
-                    "Ignored an unexpected %s message from the supervisor.",
-                    message["type"],
-                )
+            self._dispatch(ipc.decode(data))
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        """Act on one message of the supervisor's."""
+
+        if message["type"] == "end":
+            if self.on_end is not None:
+                self.on_end(str(message.get("reason", "ended by the server")))
+            return
+        if (
+            self._reply is not None
+            and not self._reply.done()
+            and message["type"] == self._reply_type
+        ):
+            self._reply.set_result(message)
+        else:
+            logger.warning(
+                "Ignored an unexpected %s message from the supervisor.",
+                message["type"],
+            )
 
     def _fail_pending(self, reason: str) -> None:
         if self._reply is not None and not self._reply.done():

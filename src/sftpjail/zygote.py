@@ -2,10 +2,12 @@
 
 The supervisor starts this module with a fresh interpreter (`python -m
 sftpjail.zygote`), so its memory holds only what it loads itself: the
-configuration, the host keys and the code a worker runs.  Never the users
-file.  Importing asyncssh and the worker once here, before any fork, means
-each worker starts in milliseconds and never imports anything after its
-sandbox has closed the file system.
+configuration, the public halves of the host keys (given on the command
+line) and the code a worker runs.  Never the users file or a private key:
+workers ask the supervisor for each host key signature.  Importing
+asyncssh and the worker once here, before any fork, means each worker
+starts in milliseconds and never imports anything after its sandbox has
+closed the file system.
 
 Protocol with the supervisor, over one `SOCK_SEQPACKET` pair:
 
@@ -27,11 +29,13 @@ import socket
 import sys
 from pathlib import Path
 
+import asyncssh
+
 from sftpjail import ipc, transport, worker
 from sftpjail.audit import configure_audit_descriptors, configure_logging
 from sftpjail.config import Config, load_config
 from sftpjail.errors import SandboxError, SftpjailError
-from sftpjail.hostkeys import load_host_keys
+from sftpjail.hostkeys import public_host_key
 
 logger = logging.getLogger("sftpjail.zygote")
 
@@ -39,12 +43,12 @@ logger = logging.getLogger("sftpjail.zygote")
 class Zygote:
     """Forks one worker per `spawn` request and reports on them."""
 
-    def __init__(self, config: Config, link: socket.socket) -> None:
+    def __init__(
+        self, config: Config, link: socket.socket, host_keys: list[asyncssh.SSHKey]
+    ) -> None:
         self.link = link
         transport.install_tunings()
-        self.context = worker.prepare(
-            config, load_host_keys(config.state_dir, create=False)
-        )
+        self.context = worker.prepare(config, host_keys)
         self.selector = selectors.DefaultSelector()
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--link-fd", type=int, required=True)
     parser.add_argument("--config", type=Path)
     parser.add_argument("--audit-fd", type=int, action="append", default=[])
+    parser.add_argument("--host-key", action="append", default=[])
     arguments = parser.parse_args(argv)
 
     try:
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         configure_logging(config.log_level)
         configure_audit_descriptors(arguments.audit_fd)
         link = socket.socket(fileno=arguments.link_fd)
-        Zygote(config, link).run()
+        host_keys = [public_host_key(line) for line in arguments.host_key]
+        Zygote(config, link, host_keys).run()
     except SftpjailError as error:
         print(f"sftpjail zygote: {error}", file=sys.stderr)
         sys.exit(error.exit_code)

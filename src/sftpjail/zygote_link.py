@@ -1,8 +1,9 @@
 """The supervisor's side of the zygote: start it, feed it, hear from it.
 
 The protocol is told in `sftpjail.zygote`.  Here the supervisor starts the
-zygote with a fresh interpreter and the config file's path, never the
-users, and keeps one `SOCK_SEQPACKET` link to it in its `selectors` loop.
+zygote with a fresh interpreter, the config file's path and the public
+halves of the host keys, never the users or a private key, and keeps one
+`SOCK_SEQPACKET` link to it in its `selectors` loop.
 Through it the supervisor hands over each admitted connection, and learns
 the pidfd of each new worker (`spawned`) and how each worker ended
 (`exited`).  A zygote that dies is started again at once, unless the
@@ -56,6 +57,8 @@ class ZygoteLink:
         metrics: Metrics,
     ) -> None:
         self.config = config
+        # The public host keys, one OpenSSH line each: what workers offer.
+        self.host_keys: list[str] = []
         self.selector = selector
         self.sessions = sessions
         self.metrics = metrics
@@ -77,6 +80,8 @@ class ZygoteLink:
         ]
         if self.config.source is not None:
             command += ["--config", str(self.config.source)]
+        for line in self.host_keys:
+            command += ["--host-key", line]
         extra_audit = [fd for fd in audit_descriptors() if fd > 2]
         for fd in extra_audit:
             command += ["--audit-fd", str(fd)]
