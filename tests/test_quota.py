@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,6 +17,7 @@ from serverlab import ClientKey, ServerLab
 from sftpjail import ipc
 from sftpjail.quota import (
     RESERVATION_CHUNK,
+    HomeWalk,
     QuotaAccount,
     QuotaExceededError,
     QuotaLedger,
@@ -146,6 +148,131 @@ def test_measure_stops_at_its_bounds(tmp_path: Path) -> None:
     shallow = measure_home(tmp_path, max_depth=3)
     assert not shallow.complete and shallow.usage.files == 50
     assert measure_home(tmp_path).usage == Usage(bytes=57, files=51)
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _tree(root: Path, directories: int, files_each: int) -> Usage:
+    """Directories of files, one of them nested; returns what they hold."""
+
+    for number in range(directories):
+        directory = (
+            root / f"dir-{number}" / "inner" if number == 0 else root / f"dir-{number}"
+        )
+        directory.mkdir(parents=True)
+        for index in range(files_each):
+            (directory / f"file-{index}").write_bytes(b"x" * (index % 7))
+    return Usage(
+        bytes=directories * sum(i % 7 for i in range(files_each)),
+        files=directories * files_each,
+    )
+
+
+def test_a_walk_in_small_steps_counts_what_one_in_a_go_counts(tmp_path: Path) -> None:
+    expected = _tree(tmp_path, directories=4, files_each=30)
+    descriptors = _open_descriptors()
+    walk = HomeWalk(tmp_path)
+
+    steps = 1
+    while not walk.step(7):  # stops in the middle of directories too
+        steps += 1
+
+    assert steps >= (4 * 30) // 7
+    assert walk.measurement == measure_home(tmp_path)
+    assert walk.measurement.usage == expected and walk.measurement.complete
+    assert _open_descriptors() == descriptors
+
+
+def test_a_walk_left_unfinished_lets_go_of_its_descriptors(tmp_path: Path) -> None:
+    _tree(tmp_path, directories=3, files_each=10)
+    descriptors = _open_descriptors()
+    walk = HomeWalk(tmp_path)
+    walk.step(5)
+    assert _open_descriptors() > descriptors
+
+    walk.close()
+
+    assert walk.done
+    assert _open_descriptors() == descriptors
+
+
+class Loop:
+    """Stands in for the supervisor's loop: actions run when the test says."""
+
+    def __init__(self) -> None:
+        self.actions: list[Callable[[], None]] = []
+        self.answers: list[tuple[int, dict[str, Any]]] = []
+
+    def later(self, action: Callable[[], None]) -> None:
+        self.actions.append(action)
+
+    def answer(self, connection_id: int, reply: dict[str, Any]) -> None:
+        self.answers.append((connection_id, reply))
+
+    def turn(self) -> None:
+        actions, self.actions = self.actions, []
+        for action in actions:
+            action()
+
+
+def test_reservations_wait_for_a_home_measured_in_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sftpjail.quota.ENTRIES_PER_STEP", 10)
+    used = _tree(tmp_path, directories=3, files_each=20)
+    loop = Loop()
+    books = QuotaLedger(later=loop.later, answer=loop.answer)
+    limits = QuotaLimits(files=used.files + 1)
+
+    books.join(1, "dana", limits, tmp_path)
+    books.join(2, "dana", limits, tmp_path)
+    first = books.handle(1, ipc.QuotaRequest(bytes=0, files=1))
+    second = books.handle(2, ipc.QuotaRequest(bytes=0, files=1))
+    released = books.handle(1, ipc.QuotaRequest(bytes=0, files=-5))
+    turns = 0
+    while loop.actions:
+        loop.turn()
+        turns += 1
+
+    assert (first, second, released) == (None, None, None)
+    assert turns > 3  # measured over several turns, not in one
+    # Measured first, then the waiting in order: one file was left.
+    assert loop.answers == [
+        (1, {"type": "quota_reply", "ok": True, "bytes": 0}),
+        (2, {"type": "quota_reply", "ok": False, "bytes": 0}),
+    ]
+    # The release that came while measuring was dropped: the walk counted.
+    assert books.users["dana"].used == Usage(bytes=used.bytes, files=used.files + 1)
+
+
+def test_a_second_reservation_before_the_first_reply_is_a_violation(
+    tmp_path: Path,
+) -> None:
+    loop = Loop()
+    books = QuotaLedger(later=loop.later, answer=loop.answer)
+    books.join(1, "erin", QuotaLimits(files=10), tmp_path)
+    books.handle(1, ipc.QuotaRequest(bytes=0, files=1))
+
+    with pytest.raises(ipc.ProtocolError, match="second quota reservation"):
+        books.handle(1, ipc.QuotaRequest(bytes=0, files=1))
+
+
+def test_a_measurement_ends_with_the_users_last_session(tmp_path: Path) -> None:
+    _tree(tmp_path, directories=2, files_each=5)
+    descriptors = _open_descriptors()
+    loop = Loop()
+    books = QuotaLedger(later=loop.later, answer=loop.answer)
+    books.join(1, "finn", QuotaLimits(files=10), tmp_path)
+    books.handle(1, ipc.QuotaRequest(bytes=0, files=1))
+
+    books.leave(1)
+    loop.turn()
+
+    assert "finn" not in books.users
+    assert loop.answers == []
+    assert _open_descriptors() == descriptors
 
 
 def test_sizes_read_like_ls_h() -> None:

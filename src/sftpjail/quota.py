@@ -11,10 +11,11 @@ second link costs nothing and only removing the last name frees the file.
 The supervisor keeps the books (`QuotaLedger`), one `UserLedger` per user
 who has a quota and at least one live session.  When the first of those
 sessions logs in, the supervisor measures the home from the file system
-(`measure_home`: no links followed, at most `MAX_MEASURED_ENTRIES`
-entries); while the user has other sessions the books carry on, and once
-the last session ends they are dropped, so every quiet login starts from
-the truth on disk.
+(`HomeWalk`: no links followed, at most `MAX_MEASURED_ENTRIES` entries,
+a few thousand per turn of the supervisor's loop, while the user's
+reservations wait); while the user has other sessions the books carry on,
+and once the last session ends they are dropped, so every quiet login
+starts from the truth on disk.
 
 A worker must reserve before it grows a file and releases what it frees
 (`QuotaAccount`).  Reserving one message per write would be slow, so the
@@ -112,79 +113,149 @@ def measure_home(
     max_entries: int = MAX_MEASURED_ENTRIES,
     max_depth: int = MAX_MEASURED_DEPTH,
 ) -> Measurement:
-    """Count the regular files below `home` and their sizes.
+    """Count the regular files below `home` and their sizes, in one go."""
+
+    walk = HomeWalk(home, max_entries, max_depth)
+    while not walk.step(max_entries + 1):
+        pass
+    return walk.measurement
+
+
+# How many entries a walk takes in one step: a few milliseconds of the
+# supervisor's loop, which serves other connections between steps.
+ENTRIES_PER_STEP = 2_000
+
+
+@dataclass
+class _Directory:
+    """A directory on the walk's way down, and how far it has been read."""
+
+    fd: int
+    # os.scandir's iterator while the directory is read, then None.
+    entries: os._ScandirIterator[str] | None
+    subdirectories: list[str] = field(default_factory=list)
+
+
+class HomeWalk:
+    """A walk that counts the regular files below a home, step by step.
 
     The walk holds a descriptor per directory on its way down and opens
     each child with O_NOFOLLOW|O_DIRECTORY, so a directory swapped for a
     link meanwhile is skipped, never followed.  It stops after
     `max_entries` entries or below `max_depth` levels and then reports an
-    incomplete count.
+    incomplete count.  `step` may stop in the middle of a directory and go
+    on later; `close` lets go of the descriptors of a walk left unfinished.
     """
 
-    # XXX Should a very large home be measured in steps of the supervisor's
-    # loop, so that other logins are not held up while it is walked?
-    usage = Usage()
-    walk = _Walk(usage, max_entries)
-    root = os.open(home, _DIRECTORY_FLAGS)
-    stack = [(root, walk.scan(root))]
-    try:
-        while stack and not walk.stopped:
-            directory, children = stack[-1]
-            if not children:
-                os.close(directory)
-                stack.pop()
-                continue
-            name = children.pop()
-            if len(stack) > max_depth:
-                walk.stopped = True
-                break
-            try:
-                child = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory)
-            except OSError:
-                continue
-            stack.append((child, walk.scan(child)))
-    finally:
-        for directory, _children in stack:
-            os.close(directory)
-    return Measurement(usage, walk.entries, complete=not walk.stopped)
+    def __init__(
+        self,
+        home: Path,
+        max_entries: int = MAX_MEASURED_ENTRIES,
+        max_depth: int = MAX_MEASURED_DEPTH,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_depth = max_depth
+        self.usage = Usage()
+        self.entries = 0
+        self.stopped = False
+        self._linked: set[tuple[int, int]] = set()
+        self._stack: list[_Directory] = []
+        self._enter(os.open(home, _DIRECTORY_FLAGS))
 
+    @property
+    def done(self) -> bool:
+        return not self._stack
 
-@dataclass
-class _Walk:
-    usage: Usage
-    max_entries: int
-    entries: int = 0
-    stopped: bool = False
-    linked: set[tuple[int, int]] = field(default_factory=set)
+    @property
+    def measurement(self) -> Measurement:
+        return Measurement(self.usage, self.entries, complete=not self.stopped)
 
-    def scan(self, directory: int) -> list[str]:
-        """Count the files of one directory; return its subdirectories."""
+    def step(self, budget: int) -> bool:
+        """Walk on for about `budget` entries; True once the walk is over."""
 
-        subdirectories: list[str] = []
+        stop_at = self.entries + budget
         try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    self.entries += 1
-                    if self.entries > self.max_entries:
-                        self.stopped = True
-                        break
-                    info = entry.stat(follow_symlinks=False)
-                    if stat.S_ISDIR(info.st_mode):
-                        subdirectories.append(entry.name)
-                    elif stat.S_ISREG(info.st_mode):
-                        self._count(info)
+            while self._stack and self.entries < stop_at:
+                if not self._advance(self._stack[-1], stop_at):
+                    self.stopped = True
+                    self.close()
+        except BaseException:
+            self.close()
+            raise
+        return self.done
+
+    def close(self) -> None:
+        """Let go of every descriptor the walk holds."""
+
+        while self._stack:
+            self._leave()
+
+    def _advance(self, directory: _Directory, stop_at: int) -> bool:
+        """Read on in `directory`, or go down or up; False to stop the walk."""
+
+        if directory.entries is not None:
+            return self._read(directory, stop_at)
+        if not directory.subdirectories:
+            self._leave()
+            return True
+        name = directory.subdirectories.pop()
+        if len(self._stack) > self.max_depth:
+            return False
+        try:
+            child = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory.fd)
+        except OSError:
+            return True
+        self._enter(child)
+        return True
+
+    def _read(self, directory: _Directory, stop_at: int) -> bool:
+        """Count entries of `directory` until it ends or the step does."""
+
+        assert directory.entries is not None
+        try:
+            for entry in directory.entries:
+                self.entries += 1
+                if self.entries > self.max_entries:
+                    return False
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    directory.subdirectories.append(entry.name)
+                elif stat.S_ISREG(info.st_mode):
+                    self._count(info)
+                if self.entries >= stop_at:
+                    return True
         except OSError as error:
             logger.warning("Could not read a directory while measuring: %s", error)
-        return subdirectories
+        self._finish_reading(directory)
+        return True
 
     def _count(self, info: os.stat_result) -> None:
         if info.st_nlink > 1:
             inode = (info.st_dev, info.st_ino)
-            if inode in self.linked:
+            if inode in self._linked:
                 return
-            self.linked.add(inode)
+            self._linked.add(inode)
         self.usage.bytes += info.st_size
         self.usage.files += 1
+
+    def _enter(self, fd: int) -> None:
+        try:
+            entries: os._ScandirIterator[str] | None = os.scandir(fd)
+        except OSError as error:
+            logger.warning("Could not read a directory while measuring: %s", error)
+            entries = None
+        self._stack.append(_Directory(fd, entries))
+
+    @staticmethod
+    def _finish_reading(directory: _Directory) -> None:
+        if directory.entries is not None:
+            directory.entries.close()
+            directory.entries = None
+
+    def _leave(self) -> None:
+        directory = self._stack.pop()
+        self._finish_reading(directory)
+        os.close(directory.fd)
 
 
 # -- the books (supervisor) ------------------------------------------------
@@ -197,6 +268,9 @@ class UserLedger:
     limits: QuotaLimits
     used: Usage
     connections: set[int] = field(default_factory=set)
+    # While the home is measured: the walk, and the requests that wait for it.
+    walk: HomeWalk | None = None
+    waiting: list[tuple[int, ipc.QuotaRequest]] = field(default_factory=list)
 
     def reserve(self, needed_bytes: int, files: int) -> int | None:
         """Grant at least `needed_bytes` and `files`; None if over a limit."""
@@ -223,13 +297,33 @@ class UserLedger:
         self.used.files = max(0, self.used.files - files)
 
 
-class QuotaLedger:
-    """The supervisor's books: every user with a quota and a live session."""
+# Runs an action at the next turn of the supervisor's loop.
+Later = Callable[[Callable[[], None]], None]
+# Sends a message to the worker of a session: (connection id, message).
+Answer = Callable[[int, dict[str, Any]], None]
 
-    def __init__(self, max_entries: int = MAX_MEASURED_ENTRIES) -> None:
+
+class QuotaLedger:
+    """The supervisor's books: every user with a quota and a live session.
+
+    Given `later` and `answer`, the ledger measures a home one step per
+    turn of the supervisor's loop, so a home of a million files holds up
+    no other connection; the user's reservations wait for the measurement
+    and are answered through `answer`.  Without them (tests, tools), a
+    home is measured at once.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = MAX_MEASURED_ENTRIES,
+        later: Later | None = None,
+        answer: Answer | None = None,
+    ) -> None:
         self.max_entries = max_entries
         self.users: dict[str, UserLedger] = {}
         self._user_of: dict[int, str] = {}
+        self._later = later
+        self._answer = answer
 
     def join(
         self, connection_id: int, user: str, limits: QuotaLimits, home: Path
@@ -240,7 +334,7 @@ class QuotaLedger:
             return
         ledger = self.users.get(user)
         if ledger is None:
-            ledger = UserLedger(limits, self._measure(user, home))
+            ledger = self._open_books(user, limits, home)
             self.users[user] = ledger
         # The newest limits win, so a changed users file applies at once.
         ledger.limits = limits
@@ -257,48 +351,114 @@ class QuotaLedger:
         ledger.connections.discard(connection_id)
         if not ledger.connections:
             del self.users[user]
+            if ledger.walk is not None:
+                ledger.walk.close()
 
     def handle(
         self, connection_id: int, request: ipc.QuotaRequest
     ) -> dict[str, Any] | None:
-        """Apply a worker's request; return the reply, or None for a release."""
+        """Apply a worker's request; return the reply, or None for none now.
+
+        While the home is measured, a reservation waits and is answered
+        once the measurement is done.  A release then is dropped: the walk
+        counts what is on disk, so the file freed may never be counted,
+        and a quota that counts too much until the next measurement is
+        the safe side of not knowing.
+        """
 
         user = self._user_of.get(connection_id)
         if user is None:
             raise ipc.ProtocolError("quota message from a session without a quota")
         ledger = self.users[user]
+        if ledger.walk is None:
+            return _apply(ledger, request)
         if request.is_release:
-            ledger.release(-request.bytes, -request.files)
             return None
-        granted = ledger.reserve(request.bytes, request.files)
-        return {"type": "quota_reply", "ok": granted is not None, "bytes": granted or 0}
+        if any(waiting == connection_id for waiting, _ in ledger.waiting):
+            raise ipc.ProtocolError("a second quota reservation before the first reply")
+        ledger.waiting.append((connection_id, request))
+        return None
+
+    def _open_books(self, user: str, limits: QuotaLimits, home: Path) -> UserLedger:
+        if self._later is None:
+            return UserLedger(limits, self._measure(user, home))
+        ledger = UserLedger(limits, Usage())
+        try:
+            ledger.walk = HomeWalk(home, self.max_entries)
+        except OSError as error:
+            _log_unmeasured(user, error)
+            return ledger
+        self._later(lambda: self._walk_on(user, ledger))
+        return ledger
+
+    def _walk_on(self, user: str, ledger: UserLedger) -> None:
+        """Take one step of measuring `user`'s home; answer the waiting when done."""
+
+        walk = ledger.walk
+        if walk is None or self.users.get(user) is not ledger:
+            return
+        try:
+            if not walk.step(ENTRIES_PER_STEP):
+                assert self._later is not None
+                self._later(lambda: self._walk_on(user, ledger))
+                return
+        except OSError as error:
+            _log_unmeasured(user, error)
+        else:
+            ledger.used = _measured(user, walk.measurement)
+        ledger.walk = None
+
+        waiting, ledger.waiting = ledger.waiting, []
+        for connection_id, request in waiting:
+            reply = _apply(ledger, request)
+            if reply is not None and self._answer is not None:
+                self._answer(connection_id, reply)
 
     def _measure(self, user: str, home: Path) -> Usage:
         try:
             measured = measure_home(home, self.max_entries)
         except OSError as error:
-            logger.error(
-                "Could not measure the home of %s for its quota (%s); "
-                "counting it as empty.",
-                user,
-                error.strerror,
-            )
+            _log_unmeasured(user, error)
             return Usage()
-        if not measured.complete:
-            logger.error(
-                "Stopped measuring the home of %s after %d entries; its quota "
-                "counts only the %d files seen.",
-                user,
-                measured.entries,
-                measured.usage.files,
-            )
-        logger.debug(
-            "The home of %s holds %d files, %s.",
+        return _measured(user, measured)
+
+
+def _apply(ledger: UserLedger, request: ipc.QuotaRequest) -> dict[str, Any] | None:
+    """A request against measured books: the reply, or None for a release."""
+
+    if request.is_release:
+        ledger.release(-request.bytes, -request.files)
+        return None
+    granted = ledger.reserve(request.bytes, request.files)
+    return {"type": "quota_reply", "ok": granted is not None, "bytes": granted or 0}
+
+
+def _log_unmeasured(user: str, error: OSError) -> None:
+    logger.error(
+        "Could not measure the home of %s for its quota (%s); counting it as empty.",
+        user,
+        error.strerror,
+    )
+
+
+def _measured(user: str, measured: Measurement) -> Usage:
+    """What a finished walk found, with a word to the operator about it."""
+
+    if not measured.complete:
+        logger.error(
+            "Stopped measuring the home of %s after %d entries; its quota "
+            "counts only the %d files seen.",
             user,
+            measured.entries,
             measured.usage.files,
-            describe_size(measured.usage.bytes),
         )
-        return measured.usage
+    logger.debug(
+        "The home of %s holds %d files, %s.",
+        user,
+        measured.usage.files,
+        describe_size(measured.usage.bytes),
+    )
+    return measured.usage
 
 
 # -- one worker's share (worker) -------------------------------------------

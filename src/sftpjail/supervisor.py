@@ -121,7 +121,9 @@ class Supervisor:
             else defense_from_settings(config.defense)
         )
         self.metrics = Metrics()
-        self.quotas = QuotaLedger()
+        # Homes are measured a step per loop turn (`_later`); reservations
+        # that waited for it are answered through `_answer_quota_later`.
+        self.quotas = QuotaLedger(later=self._later, answer=self._answer_quota_later)
 
         self.sessions = Sessions(self.selector, self.timers, self._settle_forgotten)
         self.live_users = LiveUsers(
@@ -465,7 +467,16 @@ class Supervisor:
     def _answer_quota(self, session: Session, request: ipc.QuotaRequest) -> None:
         reply = self.quotas.handle(session.connection_id, request)
         if reply is not None:
-            self.sessions.reply(session, reply)
+            self.sessions.answer(session, reply)
+
+    def _answer_quota_later(self, connection_id: int, reply: dict[str, object]) -> None:
+        if connection_id in self.sessions:
+            self.sessions.answer(self.sessions[connection_id], reply)
+
+    def _later(self, action: Callable[[], None]) -> None:
+        """Run `action` at the next turn of the loop, after what is ready now."""
+
+        self.timers.schedule(0, action)
 
     def _settle_forgotten(self, session: Session, reason: str) -> None:
         """What a session leaves behind: keys to score, quota books."""
