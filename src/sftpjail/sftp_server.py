@@ -538,6 +538,11 @@ class JailedSFTPServer(asyncssh.SFTPServer):
                 f"write of {size} bytes is over the {limit} limit"
             )
 
+        if self.quota.limits.bytes is None:
+            # No byte quota: nothing to reserve, so no sizes to take.
+            self._write_through(file_obj, offset, data)
+            return len(data)
+
         size, growth = _growth(file_obj, offset, len(data))
         for _attempt in range(_RESERVE_ATTEMPTS):
             if self.quota.covers(growth):
@@ -555,14 +560,20 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         # change the file between the sizes taken before and after.
         self.quota.spend(growth)
         try:
+            self._write_through(file_obj, offset, data)
+        finally:
+            self.quota.refund(growth - (os.fstat(file_obj.fd).st_size - size))
+        return len(data)
+
+    def _write_through(self, file_obj: OpenFile, offset: int, data: bytes) -> None:
+        """Write all of `data` and count it; a full disk gets a clear error."""
+
+        try:
             _write_all(file_obj, offset, data)
         except OSError as error:
             raise self._write_failure(file_obj, error) from None
-        finally:
-            self.quota.refund(growth - (os.fstat(file_obj.fd).st_size - size))
         file_obj.bytes_written += len(data)
         self.stats.bytes_in += len(data)
-        return len(data)
 
     def _write_failure(self, file_obj: OpenFile, error: OSError) -> Exception:
         """A clear error for a full disk; other errors pass unchanged."""
