@@ -19,8 +19,11 @@ APT_PACKAGES=(
   libseccomp2 python3-venv postgresql debootstrap
 )
 
+# EXTRA_APT_PACKAGES, space-separated, adds more (scripts/test.sh does).
+read -r -a extra_packages <<< "${EXTRA_APT_PACKAGES:-}"
+
 missing=()
-for package in "${APT_PACKAGES[@]}" "${EXTRA_APT_PACKAGES[@]:-}"; do
+for package in "${APT_PACKAGES[@]}" "${extra_packages[@]}"; do
   [ -n "$package" ] || continue
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
     || missing+=("$package")

@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+# Test-only Debian packages, one reason each (tests/test_clients.py):
+#   curl                       an SFTP client built on libssh2
+#   openjdk-17-jdk-headless libjsch-java   JSch, the Java SSH library
+#   golang-go golang-github-pkg-sftp-dev   Go's pkg/sftp, built offline
+EXTRA_APT_PACKAGES="curl openjdk-17-jdk-headless libjsch-java golang-go golang-github-pkg-sftp-dev" \
+  scripts/setup.sh
 scripts/start-docker.sh
 . .venv/bin/activate
 

@@ -1,0 +1,212 @@
+"""SFTP clients other than OpenSSH's against the real server.
+
+Each client plays the same round in a fresh home: make a directory,
+upload a file of 1 MiB and a few bytes (so requests and packets split
+it), list it with its size, rename it, download it and compare, upload
+a second file and remove it.  The server's side is then checked from
+the file system.  Between them the clients take the paths where the
+protocol lets them differ from OpenSSH's `sftp`:
+
+- paramiko (Python): its own SSH stack; key login;
+- curl, built on libssh2, the library of PHP's ssh2, git hosting tools
+  and many scripts: password login, one command per connection, and
+  `rename`/`rm` sent as quoted commands;
+- JSch (Java), which Jenkins plugins, Ant and Spring Integration embed:
+  an ECDH NIST P-256 key exchange, an ECDSA host key, AES-CTR with
+  HMAC-SHA2 (no AEAD cipher), password login;
+- github.com/pkg/sftp over golang.org/x/crypto/ssh (Go: rclone, restic):
+  key login, reads asked for many requests ahead.
+
+Each client comes from Debian or PyPI (scripts/setup.sh installs them);
+a missing one is a skip that names the package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from serverlab import ClientKey, ServerLab
+
+CLIENTS_DIR = Path(__file__).parent / "clients"
+PASSWORD = "a password long enough for the round"
+JSCH_JAR = Path("/usr/share/java/jsch.jar")
+GO_PATH = Path("/usr/share/gocode")
+CLIENT_TIMEOUT = 120
+
+
+@dataclass
+class Round:
+    """A started server, alice's login and the files of one round."""
+
+    lab: ServerLab
+    key: ClientKey
+    original: Path
+    copy: Path
+
+    @property
+    def home(self) -> Path:
+        return self.lab.data_dir / "alice"
+
+    def check(self) -> None:
+        """What the round must leave behind, on both sides."""
+
+        data = self.original.read_bytes()
+        assert self.copy.read_bytes() == data
+        assert sorted(os.listdir(self.home / "inbox")) == ["kept.bin"]
+        assert (self.home / "inbox" / "kept.bin").read_bytes() == data
+
+
+@pytest.fixture
+def round_(lab: ServerLab, tmp_path: Path) -> Iterator[Round]:
+    key = lab.add_user("alice", password=PASSWORD)
+    lab.start()
+    original = tmp_path / "original.bin"
+    original.write_bytes(os.urandom(1024 * 1024 + 3))
+    yield Round(lab, key, original, tmp_path / "copy.bin")
+
+
+def _run(command: list[str], **options: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, **options
+    )
+
+
+def _need(program: str, package: str) -> str:
+    found = shutil.which(program)
+    if found is None:
+        pytest.skip(f"{program} is missing (Debian package {package})")
+    return found
+
+
+# -- paramiko ---------------------------------------------------------------------
+
+
+def test_paramiko(round_: Round) -> None:
+    client = paramiko.SSHClient()
+    # The test's own server on loopback, started a moment ago.
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        "127.0.0.1",
+        port=round_.lab.port,
+        username="alice",
+        key_filename=str(round_.key.private),
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=30,
+    )
+    try:
+        sftp = client.open_sftp()
+        sftp.mkdir("inbox")
+        sftp.put(str(round_.original), "inbox/upload.bin")
+        listed = {entry.filename: entry.st_size for entry in sftp.listdir_attr("inbox")}
+        sftp.rename("inbox/upload.bin", "inbox/kept.bin")
+        sftp.get("inbox/kept.bin", str(round_.copy))
+        with sftp.open("inbox/gone.bin", "w") as gone:
+            gone.write(b"short-lived")
+        sftp.remove("inbox/gone.bin")
+        sftp.close()
+    finally:
+        client.close()
+
+    assert listed == {"upload.bin": round_.original.stat().st_size}
+    round_.check()
+
+
+# -- curl (libssh2) -------------------------------------------------------------------
+
+
+def _curl(round_: Round, path: str, *options: str) -> str:
+    curl = _need("curl", "curl")
+    url = f"sftp://127.0.0.1:{round_.lab.port}/{path}"
+    # -k: accept the host key of the test's own server on loopback.
+    result = _run([curl, "-sS", "-k", "-u", f"alice:{PASSWORD}", *options, url])
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_curl_with_libssh2(round_: Round) -> None:
+    version = _run([_need("curl", "curl"), "--version"]).stdout
+    if "libssh2" not in version:
+        pytest.skip("this curl is not built with libssh2")
+
+    _curl(round_, "inbox/upload.bin", "--ftp-create-dirs", "-T", str(round_.original))
+    listing = _curl(round_, "inbox/")
+    _curl(round_, "", "-Q", "rename /inbox/upload.bin /inbox/kept.bin")
+    _curl(round_, "inbox/kept.bin", "-o", str(round_.copy))
+    short = round_.copy.with_name("short.txt")
+    short.write_text("short-lived")
+    _curl(round_, "inbox/gone.bin", "-T", str(short))
+    _curl(round_, "", "-Q", "rm /inbox/gone.bin")
+
+    assert "upload.bin" in listing
+    assert str(round_.original.stat().st_size) in listing
+    round_.check()
+
+
+# -- JSch (Java) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jsch_round(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The Java round compiled against Debian's JSch; the command to run it."""
+
+    javac = _need("javac", "openjdk-17-jdk-headless")
+    java = _need("java", "openjdk-17-jdk-headless")
+    if not JSCH_JAR.exists():
+        pytest.skip(f"{JSCH_JAR} is missing (Debian package libjsch-java)")
+    build = tmp_path_factory.mktemp("jsch")
+    source = CLIENTS_DIR / "SftpRound.java"
+    result = _run([javac, "-cp", str(JSCH_JAR), "-d", str(build), str(source)])
+    assert result.returncode == 0, result.stderr
+    return [java, "-cp", f"{JSCH_JAR}:{build}", "SftpRound"]
+
+
+def test_jsch(round_: Round, jsch_round: list[str]) -> None:
+    arguments = ["127.0.0.1", str(round_.lab.port), "alice", PASSWORD]
+
+    result = _run([*jsch_round, *arguments, str(round_.original), str(round_.copy)])
+
+    assert result.returncode == 0, result.stderr
+    round_.check()
+
+
+# -- Go: github.com/pkg/sftp ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def go_round(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Go round built from Debian's Go sources, offline."""
+
+    go = _need("go", "golang-go")
+    if not (GO_PATH / "src" / "github.com" / "pkg" / "sftp").is_dir():
+        pytest.skip("github.com/pkg/sftp is missing (golang-github-pkg-sftp-dev)")
+    build = tmp_path_factory.mktemp("go")
+    binary = build / "sftp_round"
+    environment = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": str(GO_PATH),
+        "GOCACHE": str(build / "cache"),
+        "GOFLAGS": "-buildvcs=false",
+    }
+    source = CLIENTS_DIR / "sftp_round.go"
+    result = _run([go, "build", "-o", str(binary), str(source)], env=environment)
+    assert result.returncode == 0, result.stderr
+    return binary
+
+
+def test_go_pkg_sftp(round_: Round, go_round: Path) -> None:
+    arguments = ["127.0.0.1", str(round_.lab.port), "alice", str(round_.key.private)]
+
+    result = _run([str(go_round), *arguments, str(round_.original), str(round_.copy)])
+
+    assert result.returncode == 0, result.stderr
+    round_.check()
