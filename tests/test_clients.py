@@ -210,3 +210,36 @@ def test_go_pkg_sftp(round_: Round, go_round: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     round_.check()
+
+
+def test_paramiko_attributes_links_and_replacing_renames(round_: Round) -> None:
+    """The requests behind "preserve times", permissions and safe replaces."""
+
+    transport = paramiko.Transport(("127.0.0.1", round_.lab.port))
+    try:
+        transport.connect(username="alice", password=PASSWORD)
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        sftp.put(str(round_.original), "data.bin")
+        sftp.truncate("data.bin", 1000)
+        sftp.chmod("data.bin", 0o640)
+        sftp.utime("data.bin", (1_600_000_000, 1_700_000_000))
+        seen = sftp.stat("data.bin")
+        sftp.symlink("data.bin", "link.bin")
+        target = sftp.readlink("link.bin")
+        with sftp.open("new.bin", "w") as new:
+            new.write(b"replacement")
+        # posix-rename@openssh.com: replaces the target, as rename(2) does.
+        sftp.posix_rename("new.bin", "kept.bin")
+        sftp.posix_rename("kept.bin", "data.bin")
+        sftp.close()
+    finally:
+        transport.close()
+
+    on_disk = (round_.home / "data.bin").stat()
+    assert (seen.st_size, seen.st_mode & 0o777) == (1000, 0o640)
+    assert (seen.st_atime, seen.st_mtime) == (1_600_000_000, 1_700_000_000)
+    assert (target, os.readlink(round_.home / "link.bin")) == ("data.bin", "data.bin")
+    assert (round_.home / "data.bin").read_bytes() == b"replacement"
+    assert on_disk.st_mode & 0o777 == 0o644  # the new file's own mode
+    assert sorted(os.listdir(round_.home)) == ["data.bin", "link.bin"]
