@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 #   curl                       an SFTP client built on libssh2
 #   openjdk-17-jdk-headless libjsch-java   JSch, the Java SSH library
 #   golang-go golang-github-pkg-sftp-dev   Go's pkg/sftp, built offline
-EXTRA_APT_PACKAGES="curl openjdk-17-jdk-headless libjsch-java golang-go golang-github-pkg-sftp-dev" \
+#   putty-tools                psftp, the SFTP engine of FileZilla and WinSCP
+EXTRA_APT_PACKAGES="curl openjdk-17-jdk-headless libjsch-java golang-go \
+golang-github-pkg-sftp-dev putty-tools" \
   scripts/setup.sh
 scripts/start-docker.sh
 . .venv/bin/activate

@@ -11,6 +11,8 @@ protocol lets them differ from OpenSSH's `sftp`:
 - curl, built on libssh2, the library of PHP's ssh2, git hosting tools
   and many scripts: password login, one command per connection, and
   `rename`/`rm` sent as quoted commands;
+- PuTTY's `psftp`, whose SSH and SFTP code FileZilla (fzsftp) and WinSCP
+  are built on: password login, the host key pinned by fingerprint;
 - JSch (Java), which Jenkins plugins, Ant and Spring Integration embed:
   an ECDH NIST P-256 key exchange, an ECDSA host key, AES-CTR with
   HMAC-SHA2 (no AEAD cipher), password login;
@@ -30,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
 import paramiko
 import pytest
 
@@ -148,6 +151,50 @@ def test_curl_with_libssh2(round_: Round) -> None:
 
     assert "upload.bin" in listing
     assert str(round_.original.stat().st_size) in listing
+    round_.check()
+
+
+# -- PuTTY's psftp (the engine of FileZilla and WinSCP) ---------------------------
+
+
+def _host_key_fingerprint(round_: Round) -> str:
+    """SHA256 fingerprint of the server's Ed25519 host key, as PuTTY shows it."""
+
+    key = asyncssh.read_private_key(round_.lab.state_dir / "ssh_host_ed25519_key")
+    return str(key.get_fingerprint("sha256"))
+
+
+def test_putty_psftp(round_: Round) -> None:
+    psftp = _need("psftp", "putty-tools")
+    script = round_.copy.with_name("psftp.txt")
+    script.write_text(
+        "mkdir inbox\n"
+        f"put {round_.original} inbox/upload.bin\n"
+        "ls inbox\n"
+        "mv inbox/upload.bin inbox/kept.bin\n"
+        f"get inbox/kept.bin {round_.copy}\n"
+        f"put {script} inbox/gone.bin\n"
+        "rm inbox/gone.bin\n"
+    )
+
+    result = _run(
+        [
+            psftp,
+            "-batch",
+            "-P",
+            str(round_.lab.port),
+            "-hostkey",
+            _host_key_fingerprint(round_),
+            "-pw",
+            PASSWORD,
+            "-b",
+            str(script),
+            "alice@127.0.0.1",
+        ]
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "upload.bin" in result.stdout
     round_.check()
 
 
