@@ -143,6 +143,10 @@ def test_curl_with_libssh2(round_: Round) -> None:
     _curl(round_, "inbox/upload.bin", "--ftp-create-dirs", "-T", str(round_.original))
     listing = _curl(round_, "inbox/")
     _curl(round_, "", "-Q", "rename /inbox/upload.bin /inbox/kept.bin")
+    # libssh2 sends the target first, as OpenSSH does.
+    _curl(round_, "", "-Q", "symlink kept.bin /inbox/link.bin")
+    linked = os.readlink(round_.home / "inbox" / "link.bin")
+    _curl(round_, "", "-Q", "rm /inbox/link.bin")
     _curl(round_, "inbox/kept.bin", "-o", str(round_.copy))
     short = round_.copy.with_name("short.txt")
     short.write_text("short-lived")
@@ -151,6 +155,7 @@ def test_curl_with_libssh2(round_: Round) -> None:
 
     assert "upload.bin" in listing
     assert str(round_.original.stat().st_size) in listing
+    assert linked == "kept.bin"
     round_.check()
 
 
@@ -274,6 +279,9 @@ def test_paramiko_attributes_links_and_replacing_renames(round_: Round) -> None:
         seen = sftp.stat("data.bin")
         sftp.symlink("data.bin", "link.bin")
         target = sftp.readlink("link.bin")
+        # The SFTP v3 draft's order (link first), as WinSCP sends it to
+        # servers other than OpenSSH: told apart by what exists.
+        sftp.symlink("draft-link.bin", "data.bin")
         with sftp.open("new.bin", "w") as new:
             new.write(b"replacement")
         # posix-rename@openssh.com: replaces the target, as rename(2) does.
@@ -287,6 +295,7 @@ def test_paramiko_attributes_links_and_replacing_renames(round_: Round) -> None:
     assert (seen.st_size, seen.st_mode & 0o777) == (1000, 0o640)
     assert (seen.st_atime, seen.st_mtime) == (1_600_000_000, 1_700_000_000)
     assert (target, os.readlink(round_.home / "link.bin")) == ("data.bin", "data.bin")
+    assert os.readlink(round_.home / "draft-link.bin") == "data.bin"
     assert (round_.home / "data.bin").read_bytes() == b"replacement"
     assert on_disk.st_mode & 0o777 == 0o644  # the new file's own mode
-    assert sorted(os.listdir(round_.home)) == ["data.bin", "link.bin"]
+    assert sorted(os.listdir(round_.home)) == ["data.bin", "draft-link.bin", "link.bin"]

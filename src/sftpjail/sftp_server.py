@@ -111,6 +111,12 @@ def tune_asyncssh(limits: Limits) -> None:
     asyncssh.sftp.MAX_SFTP_READ_LEN = limits.max_request_size
     asyncssh.sftp.MAX_SFTP_WRITE_LEN = limits.max_request_size
 
+    # asyncssh swaps an SFTP v3 SYMLINK's two paths into the draft's order
+    # unless the client's name says OpenSSH or paramiko.  An empty name
+    # matches every client, so asyncssh always hands them over as they came;
+    # `JailedSFTPServer.symlink` tells which is which.
+    asyncssh.sftp.SFTPServerHandler._nonstandard_symlink_impls = [""]
+
 
 @dataclass
 class SessionStats:
@@ -883,13 +889,16 @@ class JailedSFTPServer(asyncssh.SFTPServer):
                         os.close(replaced)
 
     def symlink(self, oldpath: bytes, newpath: bytes) -> None:
-        """Create `newpath` pointing at `oldpath`, stored as the user wrote it.
+        """Create a link pointing at a target, stored as the user wrote it.
 
-        Every lookup resolves links inside the home, so any target is safe
-        to follow; targets that climb above the home are still refused so
-        that tools on the host which follow links never leave it either.
+        The paths come as the client sent them (see `tune_asyncssh`), and
+        `_target_and_link` tells which is which.  Every lookup resolves
+        links inside the home, so any target is safe to follow; targets
+        that climb above the home are still refused so that tools on the
+        host which follow links never leave it either.
         """
 
+        oldpath, newpath = self._target_and_link(oldpath, newpath)
         with self._entry(newpath) as (dir_fd, name, where):
             self._require("symlink", where)
 
@@ -898,6 +907,38 @@ class JailedSFTPServer(asyncssh.SFTPServer):
                 os.symlink(oldpath, name, dir_fd=dir_fd)
 
             self._audited("sftp.symlink", "symlink", act, target=oldpath, path=where)
+
+    def _target_and_link(self, first: bytes, second: bytes) -> tuple[bytes, bytes]:
+        """The target and the link path of an SFTP v3 SYMLINK, in that order.
+
+        OpenSSH's server reads the target first, and nearly every client
+        sends that order (OpenSSH, paramiko, libssh2, Go's pkg/sftp, JSch,
+        PuTTY).  The SFTP v3 draft puts the link first, and asyncssh's
+        client and WinSCP send that to servers they do not know as
+        OpenSSH.  Whatever the client's name says, the file system has the
+        last word: a link can only be made where nothing is, so when the
+        would-be link names an entry and the would-be target none, the
+        client meant the other order.
+        """
+
+        client = str(self.channel.get_extra_info("client_version", ""))
+        if any(name in client for name in _LINK_FIRST_CLIENTS):
+            target, link = second, first
+        else:
+            target, link = first, second
+        if self._names_an_entry(link) and not self._names_an_entry(target):
+            target, link = link, target
+        return target, link
+
+    def _names_an_entry(self, path: bytes) -> bool:
+        """Whether `path` names something in the home (links not followed)."""
+
+        try:
+            with self._entry(path) as (dir_fd, name, _where):
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except (OSError, asyncssh.SFTPError):
+            return False
+        return True
 
     def link(self, oldpath: bytes, newpath: bytes) -> None:
         with self._entry(oldpath) as (old_dir, old_name, old_where):
@@ -917,6 +958,11 @@ class JailedSFTPServer(asyncssh.SFTPServer):
                     target=old_where,
                     path=new_where,
                 )
+
+
+# Clients that send an SFTP v3 SYMLINK's link path first, as the draft
+# does, to a server other than OpenSSH.
+_LINK_FIRST_CLIENTS = ("AsyncSSH", "WinSCP")
 
 
 def _join(directory: bytes, name: bytes) -> bytes:

@@ -73,6 +73,16 @@ func run(args []string) error {
 	if err := client.Rename("inbox/upload.bin", "inbox/kept.bin"); err != nil {
 		return fmt.Errorf("rename: %w", err)
 	}
+	// pkg/sftp sends the target first, as OpenSSH does.
+	if err := client.Symlink("kept.bin", "inbox/link.bin"); err != nil {
+		return fmt.Errorf("symlink: %w", err)
+	}
+	if target, err := client.ReadLink("inbox/link.bin"); err != nil || target != "kept.bin" {
+		return fmt.Errorf("readlink gave %q, %v", target, err)
+	}
+	if err := client.Remove("inbox/link.bin"); err != nil {
+		return fmt.Errorf("remove link: %w", err)
+	}
 	back, err := download(client, "inbox/kept.bin")
 	if err != nil {
 		return err
