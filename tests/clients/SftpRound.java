@@ -56,6 +56,13 @@ public class SftpRound {
         }
 
         sftp.rename("inbox/upload.bin", "inbox/kept.bin");
+        // JSch sends the target first, and wants it to exist as given.
+        sftp.symlink("inbox/kept.bin", "inbox/link.bin");
+        String target = sftp.readlink("inbox/link.bin");
+        if (!target.equals("inbox/kept.bin")) {
+            throw new Exception("the link points at " + target);
+        }
+        sftp.rm("inbox/link.bin");
         ByteArrayOutputStream back = new ByteArrayOutputStream();
         sftp.get("inbox/kept.bin", back);
         if (!Arrays.equals(back.toByteArray(), data)) {
