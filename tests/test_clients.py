@@ -8,6 +8,8 @@ the file system.  Between them the clients take the paths where the
 protocol lets them differ from OpenSSH's `sftp`:
 
 - paramiko (Python): its own SSH stack; key login;
+- libssh (C), under KDE's sftp:// and many tools, through ssh-python:
+  password login, a symlink's link path sent first;
 - curl, built on libssh2, the library of PHP's ssh2, git hosting tools
   and many scripts: password login, one command per connection, and
   `rename`/`rm` sent as quoted commands;
@@ -31,10 +33,13 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import paramiko
 import pytest
+from ssh import options as libssh_options
+from ssh.session import Session as LibsshSession
 
 from serverlab import ClientKey, ServerLab
 
@@ -43,6 +48,8 @@ PASSWORD = "a password long enough for the round"
 JSCH_JAR = Path("/usr/share/java/jsch.jar")
 GO_PATH = Path("/usr/share/gocode")
 CLIENT_TIMEOUT = 120
+# What libssh's client reads and writes per call.
+LIBSSH_CHUNK = 64 * 1024
 
 
 @dataclass
@@ -121,6 +128,69 @@ def test_paramiko(round_: Round) -> None:
 
     assert listed == {"upload.bin": round_.original.stat().st_size}
     round_.check()
+
+
+# -- libssh ---------------------------------------------------------------------------
+
+
+def test_libssh(round_: Round) -> None:
+    session = LibsshSession()
+    session.options_set(libssh_options.HOST, "127.0.0.1")
+    session.options_set_port(round_.lab.port)
+    session.options_set(libssh_options.USER, "alice")
+    # No known_hosts is read or written: the test's own server on loopback.
+    session.options_set(libssh_options.KNOWNHOSTS, os.devnull)
+    session.connect()
+    try:
+        session.userauth_password("alice", PASSWORD)
+        sftp = session.sftp_new()
+        sftp.init()
+        sftp.mkdir("inbox", 0o755)
+        _libssh_write(sftp, "inbox/upload.bin", round_.original.read_bytes())
+        listing = sftp.opendir("inbox")
+        listed = {
+            entry.name.decode(): entry.size
+            for entry in iter(listing.readdir, None)
+            if entry.name not in (b".", b"..")
+        }
+        listing.closedir()
+        sftp.rename("inbox/upload.bin", "inbox/kept.bin")
+        # libssh sends the link first to servers other than OpenSSH.
+        sftp.symlink("kept.bin", "inbox/link.bin")
+        linked = sftp.readlink("inbox/link.bin")
+        sftp.unlink("inbox/link.bin")
+        round_.copy.write_bytes(_libssh_read(sftp, "inbox/kept.bin"))
+        _libssh_write(sftp, "inbox/gone.bin", b"short-lived")
+        sftp.unlink("inbox/gone.bin")
+    finally:
+        session.disconnect()
+
+    assert listed == {"upload.bin": round_.original.stat().st_size}
+    assert linked == "kept.bin"
+    round_.check()
+
+
+def _libssh_write(sftp: Any, path: str, data: bytes) -> None:
+    handle = sftp.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for start in range(0, len(data), LIBSSH_CHUNK):
+            handle.write(data[start : start + LIBSSH_CHUNK])
+    finally:
+        handle.close()
+
+
+def _libssh_read(sftp: Any, path: str) -> bytes:
+    handle = sftp.open(path, os.O_RDONLY, 0)
+    pieces = []
+    try:
+        while True:
+            size, data = handle.read(LIBSSH_CHUNK)
+            if size <= 0:
+                break
+            pieces.append(data)
+    finally:
+        handle.close()
+    return b"".join(pieces)
 
 
 # -- curl (libssh2) -------------------------------------------------------------------

@@ -914,7 +914,7 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         OpenSSH's server reads the target first, and nearly every client
         sends that order (OpenSSH, paramiko, libssh2, Go's pkg/sftp, JSch,
         PuTTY).  The SFTP v3 draft puts the link first, and asyncssh's
-        client and WinSCP send that to servers they do not know as
+        client, libssh and WinSCP send that to servers they do not know as
         OpenSSH.  Whatever the client's name says, the file system has the
         last word: a link can only be made where nothing is, so when the
         would-be link names an entry and the would-be target none, the
@@ -961,8 +961,9 @@ class JailedSFTPServer(asyncssh.SFTPServer):
 
 
 # Clients that send an SFTP v3 SYMLINK's link path first, as the draft
-# does, to a server other than OpenSSH.
-_LINK_FIRST_CLIENTS = ("AsyncSSH", "WinSCP")
+# does, to a server other than OpenSSH, by their SSH version strings
+# ("libssh_" is libssh; libssh2 names itself "libssh2_").
+_LINK_FIRST_CLIENTS = ("AsyncSSH", "WinSCP", "libssh_")
 
 
 def _join(directory: bytes, name: bytes) -> bytes:
