@@ -240,7 +240,6 @@ def _host_key_fingerprint(round_: Round) -> str:
 
 
 def test_putty_psftp(round_: Round) -> None:
-    psftp = _need("psftp", "putty-tools")
     script = round_.copy.with_name("psftp.txt")
     script.write_text(
         "mkdir inbox\n"
@@ -252,7 +251,16 @@ def test_putty_psftp(round_: Round) -> None:
         "rm inbox/gone.bin\n"
     )
 
-    result = _run(
+    result = _psftp(round_, script)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "upload.bin" in result.stdout
+    round_.check()
+
+
+def _psftp(round_: Round, script: Path) -> subprocess.CompletedProcess[str]:
+    psftp = _need("psftp", "putty-tools")
+    return _run(
         [
             psftp,
             "-batch",
@@ -268,9 +276,29 @@ def test_putty_psftp(round_: Round) -> None:
         ]
     )
 
+
+def test_putty_psftp_resumes_an_upload_and_a_download(round_: Round) -> None:
+    """`reput` and `reget`: how FileZilla and WinSCP resume a transfer."""
+
+    data = round_.original.read_bytes()
+    partial_upload = round_.home / "upload.bin"
+    partial_upload.write_bytes(data[:123_457])
+    home_owner = round_.home.stat()
+    os.chown(partial_upload, home_owner.st_uid, home_owner.st_gid)
+    (round_.home / "download.bin").write_bytes(data)
+    round_.copy.write_bytes(data[:77_777])
+    script = round_.copy.with_name("psftp.txt")
+    script.write_text(
+        f"reput {round_.original} upload.bin\nreget download.bin {round_.copy}\n"
+    )
+
+    result = _psftp(round_, script)
+
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "upload.bin" in result.stdout
-    round_.check()
+    assert "restarting at file position 123457" in result.stdout
+    assert "restarting at file position 77777" in result.stdout
+    assert partial_upload.read_bytes() == data
+    assert round_.copy.read_bytes() == data
 
 
 # -- JSch (Java) ----------------------------------------------------------------------
