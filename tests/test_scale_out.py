@@ -403,3 +403,62 @@ def test_a_row_no_replica_can_read_keeps_the_users_it_had(
     assert 'user "mallory": home' in line
     assert login.returncode == 0, login.stderr
     assert first.process is not None and first.process.poll() is None
+
+
+class BlackHole:
+    """A TCP port that takes connections and never says a word.
+
+    A database behind a firewall that drops its answers looks like this to
+    libpq: the connection attempt waits for its whole connect_timeout.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+
+    def take_new(self) -> int:
+        """Accept (and keep silent) whatever connected since; how many."""
+
+        taken = 0
+        while select.select([self.listener], [], [], 0)[0]:
+            connection, _address = self.listener.accept()
+            self.held.append(connection)
+            taken += 1
+        return taken
+
+    def close(self) -> None:
+        for connection in self.held:
+            connection.close()
+        self.listener.close()
+
+
+def test_a_database_that_never_answers_holds_up_nothing_else() -> None:
+    hole = BlackHole()
+    url = f"postgresql://sftpjail@127.0.0.1:{hole.port}/sftpjail"
+    shared, (replica,) = make_replicas(url, count=1)
+    try:
+        sftpjail("hostkeys", "--config", str(replica.config_file))
+        replica.start()  # the first attempt waits out connect_timeout
+        attempts_before = hole.take_new()
+
+        slowest = 0.0
+        deadline = time.monotonic() + 9.0  # retries after 1, 2 and 5 s
+        while time.monotonic() < deadline:
+            asked = time.monotonic()
+            state = replica.status()["server"]["database"]  # type: ignore[index]
+            slowest = max(slowest, time.monotonic() - asked)
+            assert state == "unreachable"
+            time.sleep(0.1)
+        attempts_during = hole.take_new()
+    finally:
+        replica.stop()
+        hole.close()
+        shutil.rmtree(replica.root, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
+
+    assert attempts_before >= 1
+    # The replica kept trying while it answered...
+    assert attempts_during >= 2
+    # ...and no attempt held its loop: each hangs for 3 s (connect_timeout).
+    assert slowest < 1.5, slowest

@@ -11,7 +11,10 @@ states:
   that bans changed re-reads the bans;
 * **disconnected**: the supervisor refuses every login (it asks
   `connected`), sessions already logged in carry on, and `open` is tried
-  again after `SharedStore.retry_delay` seconds, until it succeeds.
+  again after `SharedStore.retry_delay` seconds, until it succeeds.  Each
+  try starts in a child process (`ConnectProbe`), so a database that
+  never answers holds up a child for libpq's `connect_timeout`, not the
+  supervisor's loop; the loop connects itself once the child got through.
 
 Going from connected to disconnected logs one ERROR line; each failed
 retry one DEBUG line; coming back one INFO line.  So an outage shows in
@@ -20,11 +23,16 @@ the log as exactly two lines, whatever its length.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import selectors
+import signal
 from collections.abc import Callable
+from typing import NoReturn
 
 from sftpjail.errors import DatabaseError, DatabaseUnavailableError, UsersFileError
+from sftpjail.store.postgres import connect
 from sftpjail.store.shared import SharedStore
 from sftpjail.users import User
 
@@ -50,6 +58,7 @@ class DatabaseLink:
         self._registered: int | None = None
         self._closed = False
         self._outage_logged = False
+        self._probe: ConnectProbe | None = None
 
     @property
     def connected(self) -> bool:
@@ -92,6 +101,10 @@ class DatabaseLink:
 
         self._closed = True
         self._unregister()
+        if self._probe is not None:
+            self.selector.unregister(self._probe.pidfd)
+            self._probe.finish()
+            self._probe = None
         self.shared.close()
 
     # -- connected -------------------------------------------------------
@@ -150,11 +163,37 @@ class DatabaseLink:
         self.schedule(self.shared.retry_delay(), self._retry)
 
     def _retry(self) -> None:
-        if self._closed or self.connected:
+        """Try the database from a child first; connect once it answered."""
+
+        if self._closed or self.connected or self._probe is not None:
             return
-        # XXX Should this connect with libpq's non-blocking calls?  A
-        # database that drops packets holds the loop for connect_timeout
-        # (3 s) on each retry; one that is down answers at once.
+        try:
+            probe = ConnectProbe(self.shared.database.url)
+        except OSError as error:
+            self._disconnected(DatabaseUnavailableError(f"cannot try it: {error}"))
+            return
+        self._probe = probe
+        self.selector.register(probe.pidfd, selectors.EVENT_READ, self._probe_ended)
+        self.schedule(PROBE_TIMEOUT, lambda: self._probe_ended(timed_out=probe))
+
+    def _probe_ended(self, timed_out: ConnectProbe | None = None) -> None:
+        probe = self._probe
+        if probe is None or (timed_out is not None and timed_out is not probe):
+            return  # the timer of a probe that already ended
+        self._probe = None
+        self.selector.unregister(probe.pidfd)
+        answered = probe.finish()
+        if self._closed:
+            return
+        if not answered:
+            reason = "no answer" if timed_out else "the attempt failed"
+            self._disconnected(DatabaseUnavailableError(reason))
+            return
+        self._reconnect()
+
+    def _reconnect(self) -> None:
+        """Connect from the loop, now that the database just answered."""
+
         try:
             self.shared.open()
         except DatabaseError as error:
@@ -173,3 +212,55 @@ class DatabaseLink:
             except (KeyError, ValueError):
                 pass
             self._registered = None
+
+
+# How long a probe may try: libpq's connect_timeout (3 s) and some slack.
+PROBE_TIMEOUT = 5.0
+
+
+class ConnectProbe:
+    """One attempt to connect to the database, made by a child process.
+
+    A database that drops packets holds a connection attempt for libpq's
+    whole `connect_timeout`, and the supervisor's loop must not wait that
+    long.  The child, a fork of the supervisor in its sandbox, closes every
+    descriptor it inherited (so no client connection stays open because of
+    it), connects, and exits 0 if it could.  The loop hears of its end
+    through the pidfd, and connects itself only then, which takes
+    milliseconds from a database that just answered.
+    """
+
+    def __init__(self, url: str) -> None:
+        pid = os.fork()
+        if pid == 0:
+            _probe_and_exit(url)
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+
+    def finish(self) -> bool:
+        """Collect the child (killing it if it still runs); True if it connected."""
+
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _pid, status = os.waitpid(self.pid, 0)
+        os.close(self.pidfd)
+        return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _probe_and_exit(url: str) -> NoReturn:
+    """In the child: connect once, exit with the outcome; never return.
+
+    The exit code is the whole report, so every error only sets it.
+    """
+
+    code = 1
+    with contextlib.suppress(BaseException):
+        # The supervisor's signal wakeup descriptor is about to be closed,
+        # and its number may be reused by the connection's socket.
+        signal.set_wakeup_fd(-1)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        connect(url, "probe").close()
+        code = 0
+    os._exit(code)
