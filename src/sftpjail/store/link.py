@@ -187,6 +187,7 @@ class DatabaseLink:
             return
         if not answered:
             reason = "no answer" if timed_out else "the attempt failed"
+            self.shared.attempt_failed()
             self._disconnected(DatabaseUnavailableError(reason))
             return
         self._reconnect()

@@ -82,6 +82,11 @@ class SharedStore:
         assert self._notifications is not None
         return self._notifications.pending()
 
+    def attempt_failed(self) -> None:
+        """An attempt made without `open` (a probe) failed: wait longer next."""
+
+        self._failed_attempts += 1
+
     def retry_delay(self) -> float:
         """How long to wait before the next attempt to `open`."""
 
