@@ -486,8 +486,9 @@ def test_after_login_every_key_exchange_is_signed(scene: Scene) -> None:
         ({"data": bytes(20)}, "20 bytes are not an exchange hash"),
         ({"key": b"not one of ours"}, "no such host key"),
         ({"algorithm": "rsa-sha2-256"}, "rsa-sha2-256 does not fit the key"),
+        ({"algorithm": "ssh-ëd25519"}, "ssh-ëd25519 does not fit the key"),
     ],
-    ids=["not-a-hash", "unknown-key", "wrong-algorithm"],
+    ids=["not-a-hash", "unknown-key", "wrong-algorithm", "not-ascii"],
 )
 def test_only_an_exchange_hash_by_a_host_key_is_signed(
     scene: Scene, change: dict[str, Any], error: str

@@ -84,11 +84,14 @@ class HostKeySigner:
         key = self._keys.get(public_data)
         if key is None:
             raise SigningRefusedError("no such host key")
-        if algorithm.encode("ascii") not in key.sig_algorithms:
+        # UTF-8, not ASCII: a name no key has is refused below, never an
+        # encoding error in the supervisor.
+        name = algorithm.encode()
+        if name not in key.sig_algorithms:
             raise SigningRefusedError(f"{algorithm} does not fit the key")
         if len(data) not in EXCHANGE_HASH_SIZES:
             raise SigningRefusedError(f"{len(data)} bytes are not an exchange hash")
-        return bytes(key.sign(data, algorithm.encode("ascii")))
+        return bytes(key.sign(data, name))
 
 
 # Asks the supervisor for a signature: (public key data, signature
