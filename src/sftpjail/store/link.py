@@ -235,8 +235,14 @@ class ConnectProbe:
         pid = os.fork()
         if pid == 0:
             _probe_and_exit(url)
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            # No way to hear of its end: stop it and collect it now.
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
         self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
 
     def finish(self) -> bool:
         """Collect the child (killing it if it still runs); True if it connected."""
