@@ -18,14 +18,19 @@ ENVIRONMENT = {
 }
 
 
-def _options(config: Config) -> dict[str, Any]:
-    context = worker.WorkerContext(
+def _context(
+    config: Config, host_keys: tuple[asyncssh.SSHKey, ...] = ()
+) -> worker.WorkerContext:
+    return worker.WorkerContext(
         config=config,
-        host_keys=(),
+        host_keys=host_keys,
         policy=None,  # type: ignore[arg-type]  # not read for the options
         service_owner=None,
     )
-    return worker._ssh_options(context, _no_signatures)
+
+
+def _options(config: Config) -> dict[str, Any]:
+    return worker._ssh_options(_context(config), _no_signatures)
 
 
 def _no_signatures(key: bytes, algorithm: str, data: bytes) -> bytes:
@@ -57,12 +62,7 @@ def test_only_modern_algorithms_are_offered_and_logins_are_timed() -> None:
 def test_host_keys_are_offered_without_their_private_halves() -> None:
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     public = asyncssh.import_public_key(host_key.export_public_key())
-    context = worker.WorkerContext(
-        config=load_config(None, ENVIRONMENT),
-        host_keys=(public,),
-        policy=None,  # type: ignore[arg-type]  # not read for the options
-        service_owner=None,
-    )
+    context = _context(load_config(None, ENVIRONMENT), (public,))
     asked: list[tuple[bytes, str, bytes]] = []
 
     def signer(key: bytes, algorithm: str, data: bytes) -> bytes:
