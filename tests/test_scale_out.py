@@ -31,7 +31,14 @@ from pglab import (  # noqa: F401
     postgres_cluster,
     postgres_fixture,
 )
-from serverlab import ClientKey, Result, ServerLab, ensure_service_user, make_lab_root
+from serverlab import (
+    ClientKey,
+    Result,
+    ServerLab,
+    descendants,
+    ensure_service_user,
+    make_lab_root,
+)
 from sftpjail.control import ask
 from sftpjail.store.postgres import connect
 
@@ -442,15 +449,21 @@ def test_a_database_that_never_answers_holds_up_nothing_else() -> None:
         replica.start()  # the first attempt waits out connect_timeout
         attempts_before = hole.take_new()
 
+        assert replica.process is not None
+        supervisor = replica.process.pid
         slowest = 0.0
+        probes: list[ProbeView] = []
         deadline = time.monotonic() + 9.0  # retries after 1, 2 and 5 s
         while time.monotonic() < deadline:
             asked = time.monotonic()
             state = replica.status()["server"]["database"]  # type: ignore[index]
             slowest = max(slowest, time.monotonic() - asked)
             assert state == "unreachable"
+            probes += _probes_of(supervisor)
             time.sleep(0.1)
         attempts_during = hole.take_new()
+        sandbox = _sandbox_of(supervisor)
+        inherited = set(_descriptors_of(supervisor))
     finally:
         replica.stop()
         hole.close()
@@ -462,3 +475,74 @@ def test_a_database_that_never_answers_holds_up_nothing_else() -> None:
     assert attempts_during >= 2
     # ...and no attempt held its loop: each hangs for 3 s (connect_timeout).
     assert slowest < 1.5, slowest
+    # The attempts were made by children in the supervisor's own sandbox,
+    # holding none of its sockets (listeners, clients, workers' links):
+    # only the connection attempt's own socket and its poller.
+    assert probes, "no retry child was seen"
+    assert sandbox["Seccomp"] == "2"
+    assert len([target for target in inherited if "socket:" in target]) > 2
+    for probe in probes:
+        assert probe.sandbox == sandbox
+        assert not set(probe.descriptors) & inherited - {EPOLL}, probe
+        assert len(probe.descriptors) <= 2, probe
+
+
+@dataclass
+class ProbeView:
+    """A database retry child as /proc showed it."""
+
+    sandbox: dict[str, str]
+    # What each descriptor above 2 points at.
+    descriptors: list[str]
+
+
+# What /proc shows for any epoll descriptor: not told apart by name.
+EPOLL = "anon_inode:[eventpoll]"
+
+
+def _descriptors_of(pid: int) -> list[str]:
+    """What each of the process's descriptors above 2 points at."""
+
+    fd_dir = Path(f"/proc/{pid}/fd")
+    return [os.readlink(entry) for entry in fd_dir.iterdir() if int(entry.name) > 2]
+
+
+def _probes_of(supervisor: int) -> list[ProbeView]:
+    """The supervisor's children that are forks of it (not the zygote).
+
+    Only those forked a while ago: in its first moments a child still
+    holds what it inherited, before it closes it.
+    """
+
+    command = Path(f"/proc/{supervisor}/cmdline").read_bytes()
+    views = []
+    for child in descendants(supervisor):
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes() != command:
+                continue
+            if _age(child) < SETTLED_SECONDS:
+                continue
+            views.append(ProbeView(_sandbox_of(child), _descriptors_of(child)))
+        except (OSError, ValueError):
+            continue  # it ended while being looked at
+    return views
+
+
+# How old a retry child must be to have closed what it inherited; each
+# one waits 3 s on the black hole, so there is time to see it after that.
+SETTLED_SECONDS = 0.5
+
+
+def _age(pid: int) -> float:
+    """Seconds since `pid` started."""
+
+    started = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - started / os.sysconf("SC_CLK_TCK")
+
+
+def _sandbox_of(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+    wanted = ("Seccomp", "Seccomp_filters", "NoNewPrivs", "CapEff")
+    return {name: fields[name].strip() for name in wanted}
