@@ -21,8 +21,9 @@ protocol lets them differ from OpenSSH's `sftp`:
 - github.com/pkg/sftp over golang.org/x/crypto/ssh (Go: rclone, restic):
   key login, reads asked for many requests ahead.
 
-Each client comes from Debian or PyPI (scripts/setup.sh installs them);
-a missing one is a skip that names the package.
+paramiko and ssh-python come from PyPI (the `test` extra); the others
+from Debian, installed by scripts/test.sh.  A missing one is a skip that
+names the package.
 """
 
 from __future__ import annotations
@@ -128,6 +129,43 @@ def test_paramiko(round_: Round) -> None:
 
     assert listed == {"upload.bin": round_.original.stat().st_size}
     round_.check()
+
+
+def test_paramiko_attributes_links_and_replacing_renames(round_: Round) -> None:
+    """The requests behind "preserve times", permissions and safe replaces."""
+
+    transport = paramiko.Transport(("127.0.0.1", round_.lab.port))
+    try:
+        transport.connect(username="alice", password=PASSWORD)
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        sftp.put(str(round_.original), "data.bin")
+        sftp.truncate("data.bin", 1000)
+        sftp.chmod("data.bin", 0o640)
+        sftp.utime("data.bin", (1_600_000_000, 1_700_000_000))
+        seen = sftp.stat("data.bin")
+        sftp.symlink("data.bin", "link.bin")
+        target = sftp.readlink("link.bin")
+        # The SFTP v3 draft's order (link first), as WinSCP sends it to
+        # servers other than OpenSSH: told apart by what exists.
+        sftp.symlink("draft-link.bin", "data.bin")
+        with sftp.open("new.bin", "w") as new:
+            new.write(b"replacement")
+        # posix-rename@openssh.com: replaces the target, as rename(2) does.
+        sftp.posix_rename("new.bin", "kept.bin")
+        sftp.posix_rename("kept.bin", "data.bin")
+        sftp.close()
+    finally:
+        transport.close()
+
+    on_disk = (round_.home / "data.bin").stat()
+    assert (seen.st_size, seen.st_mode & 0o777) == (1000, 0o640)
+    assert (seen.st_atime, seen.st_mtime) == (1_600_000_000, 1_700_000_000)
+    assert (target, os.readlink(round_.home / "link.bin")) == ("data.bin", "data.bin")
+    assert os.readlink(round_.home / "draft-link.bin") == "data.bin"
+    assert (round_.home / "data.bin").read_bytes() == b"replacement"
+    assert on_disk.st_mode & 0o777 == 0o644  # the new file's own mode
+    assert sorted(os.listdir(round_.home)) == ["data.bin", "draft-link.bin", "link.bin"]
 
 
 # -- libssh ---------------------------------------------------------------------------
@@ -239,25 +277,6 @@ def _host_key_fingerprint(round_: Round) -> str:
     return str(key.get_fingerprint("sha256"))
 
 
-def test_putty_psftp(round_: Round) -> None:
-    script = round_.copy.with_name("psftp.txt")
-    script.write_text(
-        "mkdir inbox\n"
-        f"put {round_.original} inbox/upload.bin\n"
-        "ls inbox\n"
-        "mv inbox/upload.bin inbox/kept.bin\n"
-        f"get inbox/kept.bin {round_.copy}\n"
-        f"put {script} inbox/gone.bin\n"
-        "rm inbox/gone.bin\n"
-    )
-
-    result = _psftp(round_, script)
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "upload.bin" in result.stdout
-    round_.check()
-
-
 def _psftp(round_: Round, script: Path) -> subprocess.CompletedProcess[str]:
     psftp = _need("psftp", "putty-tools")
     return _run(
@@ -275,6 +294,25 @@ def _psftp(round_: Round, script: Path) -> subprocess.CompletedProcess[str]:
             "alice@127.0.0.1",
         ]
     )
+
+
+def test_putty_psftp(round_: Round) -> None:
+    script = round_.copy.with_name("psftp.txt")
+    script.write_text(
+        "mkdir inbox\n"
+        f"put {round_.original} inbox/upload.bin\n"
+        "ls inbox\n"
+        "mv inbox/upload.bin inbox/kept.bin\n"
+        f"get inbox/kept.bin {round_.copy}\n"
+        f"put {script} inbox/gone.bin\n"
+        "rm inbox/gone.bin\n"
+    )
+
+    result = _psftp(round_, script)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "upload.bin" in result.stdout
+    round_.check()
 
 
 def test_putty_psftp_resumes_an_upload_and_a_download(round_: Round) -> None:
@@ -360,40 +398,3 @@ def test_go_pkg_sftp(round_: Round, go_round: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     round_.check()
-
-
-def test_paramiko_attributes_links_and_replacing_renames(round_: Round) -> None:
-    """The requests behind "preserve times", permissions and safe replaces."""
-
-    transport = paramiko.Transport(("127.0.0.1", round_.lab.port))
-    try:
-        transport.connect(username="alice", password=PASSWORD)
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
-        sftp.put(str(round_.original), "data.bin")
-        sftp.truncate("data.bin", 1000)
-        sftp.chmod("data.bin", 0o640)
-        sftp.utime("data.bin", (1_600_000_000, 1_700_000_000))
-        seen = sftp.stat("data.bin")
-        sftp.symlink("data.bin", "link.bin")
-        target = sftp.readlink("link.bin")
-        # The SFTP v3 draft's order (link first), as WinSCP sends it to
-        # servers other than OpenSSH: told apart by what exists.
-        sftp.symlink("draft-link.bin", "data.bin")
-        with sftp.open("new.bin", "w") as new:
-            new.write(b"replacement")
-        # posix-rename@openssh.com: replaces the target, as rename(2) does.
-        sftp.posix_rename("new.bin", "kept.bin")
-        sftp.posix_rename("kept.bin", "data.bin")
-        sftp.close()
-    finally:
-        transport.close()
-
-    on_disk = (round_.home / "data.bin").stat()
-    assert (seen.st_size, seen.st_mode & 0o777) == (1000, 0o640)
-    assert (seen.st_atime, seen.st_mtime) == (1_600_000_000, 1_700_000_000)
-    assert (target, os.readlink(round_.home / "link.bin")) == ("data.bin", "data.bin")
-    assert os.readlink(round_.home / "draft-link.bin") == "data.bin"
-    assert (round_.home / "data.bin").read_bytes() == b"replacement"
-    assert on_disk.st_mode & 0o777 == 0o644  # the new file's own mode
-    assert sorted(os.listdir(round_.home)) == ["data.bin", "draft-link.bin", "link.bin"]
