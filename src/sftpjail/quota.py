@@ -116,8 +116,8 @@ def measure_home(
     """Count the regular files below `home` and their sizes, in one go."""
 
     walk = HomeWalk(home, max_entries, max_depth)
-    while not walk.step(max_entries + 1):
-        pass
+    while not walk.done:
+        walk.step(max_entries + 1)
     return walk.measurement
 
 
