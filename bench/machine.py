@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -21,10 +22,21 @@ def describe() -> dict[str, str]:
         "load_average": " ".join(f"{value:.2f}" for value in os.getloadavg()),
         "kernel": platform.release(),
         "openssh": _openssh_version(),
-        "python": platform.python_version(),
+        "python": f"{platform.python_version()} ({_interpreter()})",
         "asyncssh": _package_version("asyncssh"),
         "cryptography": _package_version("cryptography"),
     }
+
+
+def _interpreter() -> str:
+    """The interpreter behind the virtual environment, if any.
+
+    Named because builds differ in speed: Debian's is built with
+    profile-guided optimization, a default pyenv build is not.
+    """
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    return os.path.realpath(base)
 
 
 def _cpu_model() -> str:

@@ -41,6 +41,13 @@ if [ "$(id -u)" = 0 ] && ! getent passwd sftpjail >/dev/null; then
   useradd --system --no-create-home --shell /usr/sbin/nologin sftpjail
 fi
 
+# Debian's own interpreter unless PYTHON names another: it is built with
+# profile-guided and link-time optimization, and runs sftpjail's Python
+# about 15 % faster than an unoptimized build (a default pyenv one, say)
+# that may come first on PATH.  docs/benchmarks.md has the measurements.
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then
+  PYTHON=/usr/bin/python3
+fi
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
