@@ -158,6 +158,38 @@ def test_client_path_of_hides_the_home(
     assert jail.client_path_of(jail.root_fd) == b"/"
 
 
+def test_client_path_of_follows_a_home_moved_while_open(tmp_path: Path) -> None:
+    """The home's real path is kept between lookups; after the operator
+    moves the home, paths are still told relative to where it is now."""
+
+    home = tmp_path / "home"
+    (home / "dir").mkdir(parents=True)
+    jail = Jail(home)
+    home.rename(tmp_path / "moved")
+
+    fd = jail.open_path(b"dir")
+    try:
+        assert jail.client_path_of(fd) == b"/dir"
+    finally:
+        os.close(fd)
+    assert jail.client_path_of(jail.root_fd) == b"/"
+
+
+def test_client_path_of_refuses_a_descriptor_outside_the_home(
+    tree: tuple[Path, Path],
+) -> None:
+    home, secret = tree
+    jail = Jail(home)
+
+    fd = os.open(secret, os.O_PATH)
+    try:
+        with pytest.raises(OSError) as raised:
+            jail.client_path_of(fd)
+    finally:
+        os.close(fd)
+    assert raised.value.errno == errno.ENOENT
+
+
 @pytest.mark.parametrize("use_openat2", MODES)
 def test_swapping_a_directory_for_a_symlink_never_escapes(
     tree: tuple[Path, Path], use_openat2: bool

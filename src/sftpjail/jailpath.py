@@ -119,6 +119,8 @@ class Jail:
     def __init__(self, home: Path, *, use_openat2: bool | None = None) -> None:
         self.home = home
         self.root_fd = os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Where the home really is, kept: every open looks its path up.
+        self._real_home = _real_path(self.root_fd)
         if use_openat2 is None:
             use_openat2 = kernel_has_openat2()
         self.uses_openat2 = use_openat2
@@ -169,13 +171,15 @@ class Jail:
         path shown to the client.
         """
 
-        real = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
-        home = os.fsencode(os.readlink(f"/proc/self/fd/{self.root_fd}"))
-        if real == home:
-            return b"/"
-        if real.startswith(home.rstrip(b"/") + b"/"):
-            return real[len(home.rstrip(b"/")) :]
-        raise OSError(errno.ENOENT, "no such file")
+        real = _real_path(fd)
+        inside = _below(real, self._real_home)
+        if inside is None:
+            # The home may have been moved since it was last looked up.
+            self._real_home = _real_path(self.root_fd)
+            inside = _below(real, self._real_home)
+        if inside is None:
+            raise OSError(errno.ENOENT, "no such file")
+        return inside
 
     def _walk(self, relative: bytes, flags: int, mode: int) -> int:
         """Resolve `relative` one component at a time, never following links.
@@ -247,3 +251,20 @@ class Jail:
                 os.close(stack.pop())
         parts = [part for part in target.split(b"/") if part not in (b"", b".")]
         return parts + pending
+
+
+def _real_path(fd: int) -> bytes:
+    """Where an open descriptor really is, as the kernel names it."""
+
+    return os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
+
+
+def _below(real: bytes, home: bytes) -> bytes | None:
+    """`real` in the client's view of `home`, or None if it is not below it."""
+
+    if real == home:
+        return b"/"
+    top = home.rstrip(b"/")
+    if real.startswith(top + b"/"):
+        return real[len(top) :]
+    return None
