@@ -110,7 +110,10 @@ class NetLab:
     container: str
     internet: str
     client: str
-    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    # Text-mode helpers and byte-mode servers alike; teardown stops them all.
+    processes: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = field(
+        default_factory=list
+    )
 
     def run(
         self,
@@ -278,7 +281,7 @@ def _build_client(lab: NetLab) -> None:
     _address(lab.client, "eth0", f"{CLIENT_V4}/24")
 
 
-def _stop(processes: list[subprocess.Popen[str]]) -> None:
+def _stop(processes: list[subprocess.Popen[str] | subprocess.Popen[bytes]]) -> None:
     """Terminate what the lab started, killing what does not stop in time."""
 
     for process in processes:

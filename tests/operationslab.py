@@ -46,9 +46,9 @@ def set_user_fields(lab: ServerLab, name: str, **fields: Any) -> None:
     """Set keys of one user's table, keeping the rest of the file."""
 
     document = tomlkit.parse(lab.users_file.read_text())
-    table = document["users"][name]  # type: ignore[index]
+    table = document["users"][name]
     for key, value in fields.items():
-        table[key] = value  # type: ignore[index]
+        table[key] = value
     replace_users_text(lab, document.as_string())
 
 

@@ -43,6 +43,13 @@ POSTGRES_MISSING = (
 )
 
 
+def _program(name: str) -> str:
+    """One of PostgreSQL's programs; a Cluster exists only where BIN was found."""
+
+    assert BIN is not None, POSTGRES_MISSING
+    return str(BIN / name)
+
+
 @dataclass
 class Cluster:
     """One running (or stopped) PostgreSQL server of the tests."""
@@ -56,7 +63,7 @@ class Cluster:
         """Run `sql` as the superuser through the Unix socket; return stdout."""
 
         completed = self._as_owner(
-            [str(BIN / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+            [_program("psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
              "-h", str(self.directory), "-p", str(self.port), "-U", "postgres",
              "-d", database, "-c", sql],
         )  # fmt: skip
@@ -86,12 +93,12 @@ class Cluster:
     def is_running(self) -> bool:
         """Whether pg_ctl finds the server running."""
 
-        result = self._as_owner([str(BIN / "pg_ctl"), "-D", self._data(), "status"])
+        result = self._as_owner([_program("pg_ctl"), "-D", self._data(), "status"])
         return result.returncode == 0
 
     def _pg_ctl(self, *arguments: str) -> None:
         completed = self._as_owner(
-            [str(BIN / "pg_ctl"), "-D", self._data(), "-w", "-t", "60", *arguments]
+            [_program("pg_ctl"), "-D", self._data(), "-w", "-t", "60", *arguments]
         )
         assert completed.returncode == 0, completed.stdout + completed.stderr
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,9 +84,11 @@ def round_(lab: ServerLab, tmp_path: Path) -> Iterator[Round]:
     yield Round(lab, key, original, tmp_path / "copy.bin")
 
 
-def _run(command: list[str], **options: object) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: list[str], *, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, **options
+        command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, env=env
     )
 
 
@@ -159,6 +161,7 @@ def test_paramiko_attributes_links_and_replacing_renames(round_: Round) -> None:
         transport.close()
 
     on_disk = (round_.home / "data.bin").stat()
+    assert seen.st_mode is not None  # paramiko leaves it None if not sent
     assert (seen.st_size, seen.st_mode & 0o777) == (1000, 0o640)
     assert (seen.st_atime, seen.st_mtime) == (1_600_000_000, 1_700_000_000)
     assert (target, os.readlink(round_.home / "link.bin")) == ("data.bin", "data.bin")

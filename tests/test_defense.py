@@ -15,7 +15,7 @@ from operationslab import password_login
 from serverlab import ServerLab
 from sftpjail import defense
 from sftpjail.config import DefenseSettings
-from sftpjail.defense import BAN_LINE, Defense, MemoryBanStore
+from sftpjail.defense import BAN_LINE, Ban, Defense, MemoryBanStore
 
 OPERATIONS_DOC = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 
@@ -37,7 +37,9 @@ def _store(**settings: object) -> tuple[MemoryBanStore, Clock]:
     return MemoryBanStore(DefenseSettings(**values), clock), clock  # type: ignore[arg-type]
 
 
-def _fail(store: MemoryBanStore, source: str, times: int, user: str = "alice") -> list:
+def _fail(
+    store: MemoryBanStore, source: str, times: int, user: str = "alice"
+) -> list[Ban | None]:
     return [store.record_failure(source, user) for _ in range(times)]
 
 

@@ -174,13 +174,15 @@ def test_apply_cuts_a_connection_opened_before_it(
         text=True,
     )
     lab.processes.append(client)
-    assert client.stdin is not None and client.stdout is not None
-    assert client.stdout.readline().strip() == "connected"
+    # Named once, so that exchange() below sees them as not None.
+    stdin, stdout = client.stdin, client.stdout
+    assert stdin is not None and stdout is not None
+    assert stdout.readline().strip() == "connected"
 
     def exchange() -> str:
-        client.stdin.write("go\n")
-        client.stdin.flush()
-        return client.stdout.readline().strip()
+        stdin.write("go\n")
+        stdin.flush()
+        return stdout.readline().strip()
 
     before = exchange()
     firewall(lab, "apply", *backend, *SPEC)

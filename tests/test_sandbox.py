@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import pytest
 
@@ -266,6 +266,14 @@ def test_worker_policy_follows_the_config(tmp_path: Path) -> None:
     assert policy.read_only_paths == default_read_only_paths()
 
 
+class LayoutPaths(TypedDict, total=False):
+    """The Config fields a layout test moves; each of them is a Path."""
+
+    data_dir: Path
+    state_dir: Path
+    users_file: Path
+
+
 @pytest.mark.parametrize(
     ("setting", "complaint"),
     [
@@ -285,7 +293,9 @@ def test_worker_policy_refuses_layouts_that_leak(
         key: path if path.is_absolute() else tmp_path / path
         for key, path in fields.items()
     }
-    config = dataclasses.replace(load_config(write_config(tmp_path)), **fields)
+    # The keys come from the parameters above: always fields of LayoutPaths.
+    moved = cast(LayoutPaths, fields)
+    config = dataclasses.replace(load_config(write_config(tmp_path)), **moved)
 
     with pytest.raises(SandboxError, match=complaint):
         worker_policy(config)

@@ -361,16 +361,18 @@ def allowed_after_login(world: World) -> dict[str, Callable[[], object]]:
             alice / "outbox" / "new.txt"
         ),
         "truncate a file": lambda: os.truncate(alice / "outbox" / "new.txt", 1),
-        "make and remove a directory": lambda: (
-            (alice / "dir").mkdir(),
-            (alice / "dir").rmdir(),
-        ),
+        "make and remove a directory": lambda: make_and_remove(alice / "dir"),
         "create a symlink": lambda: os.symlink("outbox/new.txt", alice / "link"),
         "chmod through /proc/self/fd": lambda: chmod_through_proc(alice / "link"),
         "delete a file": lambda: (alice / "outbox" / "new.txt").unlink(),
         "socketpair": socket.socketpair,
         "start a thread": run_thread,
     }
+
+
+def make_and_remove(directory: Path) -> None:
+    directory.mkdir()
+    directory.rmdir()
 
 
 def chmod_through_proc(path: Path) -> None:

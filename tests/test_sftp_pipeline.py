@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import asyncssh
 import pytest
@@ -102,9 +103,12 @@ async def raw_sftp(
     """A connected SFTP channel past the version exchange."""
 
     async with _connect(lab, user, key) as connection:
-        channel, session = await connection.create_session(
+        channel, base_session = await connection.create_session(
             RawSftp, subsystem="sftp", encoding=None
         )
+        # asyncssh annotates the session as its base class; it is the RawSftp
+        # that the factory above made.
+        session = cast(RawSftp, base_session)
         channel.write(struct.pack(">IBI", 5, FXP_INIT, 3))
         async with asyncio.timeout(WAIT_SECONDS):
             while len(session.buffer) < 9:
@@ -266,7 +270,7 @@ def test_a_long_listing_arrives_whole_with_asyncssh_long_names(
     for number in range(300):
         (listed / f"file-{number:03}").write_bytes(b"x" * number)
 
-    async def run() -> list[asyncssh.SFTPName]:
+    async def run() -> Sequence[asyncssh.SFTPName]:
         async with _connect(lab, "alice", key) as connection:
             async with connection.start_sftp_client() as sftp:
                 return await sftp.readdir("many")
@@ -282,7 +286,8 @@ def test_a_long_listing_arrives_whole_with_asyncssh_long_names(
     assert isinstance(entry.longname, str)
     assert entry.longname.startswith("-rw-r--r--    1 ")
     assert entry.longname.endswith(" file-042")
-    assert entries["."].longname.startswith("drwx")
+    # A str like the entry's above: the client decodes names as UTF-8.
+    assert cast(str, entries["."].longname).startswith("drwx")
 
 
 def test_openssh_lists_every_entry_of_a_large_directory(lab: ServerLab) -> None:

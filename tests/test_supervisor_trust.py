@@ -29,7 +29,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import asyncssh
 import pytest
@@ -480,6 +480,22 @@ def test_after_login_every_key_exchange_is_signed(scene: Scene) -> None:
         impostor.close()
 
 
+class SignFields(TypedDict):
+    """What a sign request names, before _sign encodes it."""
+
+    key: bytes
+    data: bytes
+    algorithm: str
+
+
+class SignChange(TypedDict, total=False):
+    """Some of SignFields, replaced to make a request the supervisor refuses."""
+
+    key: bytes
+    data: bytes
+    algorithm: str
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [
@@ -491,10 +507,10 @@ def test_after_login_every_key_exchange_is_signed(scene: Scene) -> None:
     ids=["not-a-hash", "unknown-key", "wrong-algorithm", "not-ascii"],
 )
 def test_only_an_exchange_hash_by_a_host_key_is_signed(
-    scene: Scene, change: dict[str, Any], error: str
+    scene: Scene, change: SignChange, error: str
 ) -> None:
     host_key = _host_key(scene)
-    request = {
+    request: SignFields = {
         "key": host_key.public_data,
         "data": bytes(32),
         "algorithm": "ssh-ed25519",

@@ -20,12 +20,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 import asyncssh.encryption
 import pytest
 from asyncssh.connection import SSHConnection
+from asyncssh.encryption import Encryption
 from cryptography.hazmat.primitives.ciphers import CipherContext
 
 from serverlab import ClientKey, ServerLab
@@ -146,7 +146,7 @@ async def _outbox_to_peer() -> AsyncIterator[tuple[Outbox, socket.socket]]:
 
 
 def _received(peer: socket.socket) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             chunk = peer.recv(1 << 20)
@@ -373,12 +373,12 @@ def _random_packets(block_size: int) -> list[tuple[int, bytes]]:
     return [(seq, os.urandom(size)) for seq, size in zip(sequences, sizes)]
 
 
-def _seal(encryption: Any, seq: int, packet: bytes) -> tuple[bytes, bytes]:
+def _seal(encryption: Encryption, seq: int, packet: bytes) -> tuple[bytes, bytes]:
     return encryption.encrypt_packet(seq, len(packet).to_bytes(4, "big"), packet)
 
 
 def _open(
-    encryption: Any, seq: int, sealed: bytes, mac: bytes, block_size: int
+    encryption: Encryption, seq: int, sealed: bytes, mac: bytes, block_size: int
 ) -> tuple[bytes, bytes | None]:
     """As asyncssh's connection reads a packet: the length first, then the rest."""
 
@@ -404,12 +404,12 @@ class Keys:
         self.key = os.urandom(64)
         self.block = CHACHA_FIRST_BLOCK
 
-    def asyncssh(self) -> Any:
+    def asyncssh(self) -> Encryption:
         return asyncssh.encryption.ChachaEncryption.new(
             "chacha20-poly1305", self.key, b""
         )
 
-    def lean(self) -> Any:
+    def lean(self) -> Encryption:
         return transport.ChachaPoly1305Encryption.new(
             "chacha20-poly1305", self.key, b""
         )
@@ -469,11 +469,11 @@ def _gcm_key(cipher_name: str) -> tuple[bytes, bytes]:
     return key, os.urandom(4) + (2**64 - 1).to_bytes(8, "big")
 
 
-def _asyncssh_gcm(cipher_name: str, key: bytes, iv: bytes) -> Any:
+def _asyncssh_gcm(cipher_name: str, key: bytes, iv: bytes) -> Encryption:
     return asyncssh.encryption.GCMEncryption.new(cipher_name, key, iv)
 
 
-def _lean_gcm(cipher_name: str, key: bytes, iv: bytes) -> Any:
+def _lean_gcm(cipher_name: str, key: bytes, iv: bytes) -> Encryption:
     return transport.AesGcmEncryption.new(cipher_name, key, iv)
 
 
