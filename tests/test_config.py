@@ -43,6 +43,7 @@ def test_minimal_file_gets_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.users_file == tmp_path / "users.toml"
     assert config.require_kernel_jail is True
     assert config.limits.max_auth_attempts == 6
+    assert config.limits.idle_timeout == 900
     assert config.defense.enabled is True
 
 
@@ -95,6 +96,7 @@ def test_the_whole_config_can_come_from_the_environment() -> None:
         (MINIMAL + "[limits]\nmax_sessions = true\n", "limits.max_sessions"),
         (MINIMAL + "[limits]\nlogin_grace_time = 'soon'\n", "limits.login_grace_time"),
         (MINIMAL + "[limits]\nmax_request_size = 100\n", "limits.max_request_size"),
+        (MINIMAL + "[limits]\nidle_timeout = -1\n", "or 0 to turn it off"),
         (MINIMAL + "[limits]\nmax_sesions = 5\n", "limits.max_sesions"),
         (MINIMAL + "[serve]\n", "[serve]"),
         (MINIMAL.replace("127.0.0.1:2222", "127.0.0.1:99999"), "server.listen"),
@@ -106,6 +108,12 @@ def test_the_whole_config_can_come_from_the_environment() -> None:
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, named: str) -> None:
     assert named in _error(_write(tmp_path, text))
+
+
+def test_an_idle_timeout_of_zero_turns_it_off(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL + "[limits]\nidle_timeout = 0\n"), {})
+
+    assert config.limits.idle_timeout == 0
 
 
 def test_secrets_inside_data_dir_are_refused(tmp_path: Path) -> None:

@@ -612,6 +612,27 @@ def test_environment_and_x11_requests_are_refused_and_audited(
     assert {"environment", "x11 forwarding", "exec"} <= requests
 
 
+def test_idle_sessions_are_ended_and_busy_ones_are_not(lab: ServerLab) -> None:
+    """A session that makes a request every half second outlives the idle
+    timeout, even requests that move nothing and change nothing (`cd` is a
+    realpath and a stat); one that only answers keepalives is ended with
+    the reason."""
+
+    key = lab.add_user("alice")
+    lab.write_config("idle_timeout = 4")
+    lab.start()
+
+    busy = lab.sftp("alice", "cd /\n!sleep 0.5\n" * 14 + "cd /\n", key=key)
+    assert busy.returncode == 0, busy.stderr
+    assert lab.audit_events("session.ended") == []
+
+    idle = lab.sftp("alice", "ls\n!sleep 10\nls\n", key=key)
+    assert idle.returncode != 0
+    ended = lab.audit_events("session.ended")
+    assert [event["reason"] for event in ended] == ["idle for 4 seconds"]
+    lab.wait_for_log("(connection 2): idle for 4 seconds.", 5)
+
+
 def test_connections_per_source_are_capped(lab: ServerLab) -> None:
     lab.write_config(limits="max_sessions_per_source = 2")
     alice = lab.add_user("alice")

@@ -55,6 +55,9 @@ class Limits:
     max_open_handles: int = 64
     max_request_size: int = 256 * 1024
     shutdown_grace_time: float = 30.0
+    # Seconds a logged-in session may go without moving a byte or making
+    # an SFTP request before the server ends it; 0 never ends one.
+    idle_timeout: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,10 @@ _LIMIT_KEYS: dict[str, type] = {
     "max_open_handles": int,
     "max_request_size": int,
     "shutdown_grace_time": float,
+    "idle_timeout": float,
 }
+# Limits for which 0 means "no limit".
+_LIMITS_ZERO_TURNS_OFF = ("idle_timeout",)
 _DEFENSE_KEYS: dict[str, type] = {
     "enabled": bool,
     "max_failures": int,
@@ -337,7 +343,9 @@ def _limits(values: dict[str, Any]) -> Limits:
     converted: dict[str, Any] = {}
     for key, kind in _LIMIT_KEYS.items():
         if key in values:
-            converted[key] = _number(values[key], key, kind)
+            converted[key] = _number(
+                values[key], key, kind, zero_allowed=key in _LIMITS_ZERO_TURNS_OFF
+            )
 
     limits = dataclasses.replace(Limits(), **converted)
     if not _MIN_REQUEST_SIZE <= limits.max_request_size <= _MAX_REQUEST_SIZE:
@@ -398,7 +406,14 @@ def _database(values: dict[str, Any]) -> DatabaseSettings:
     return DatabaseSettings(_string(url, "database.url").strip())
 
 
-def _number(value: Any, key: str, kind: type, section: str = "limits") -> int | float:
+def _number(
+    value: Any,
+    key: str,
+    kind: type,
+    section: str = "limits",
+    *,
+    zero_allowed: bool = False,
+) -> int | float:
     name = f"{section}.{key}"
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be a number, not true/false")
@@ -408,8 +423,11 @@ def _number(value: Any, key: str, kind: type, section: str = "limits") -> int | 
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
     if kind is int and isinstance(value, float):
         raise ConfigError(f"{name} must be a whole number")
+    if zero_allowed and number == 0:
+        return number
     if number <= 0:
-        raise ConfigError(f"{name} must be greater than zero")
+        qualifier = " (or 0 to turn it off)" if zero_allowed else ""
+        raise ConfigError(f"{name} must be greater than zero{qualifier}")
     return number
 
 

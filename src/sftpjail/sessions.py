@@ -15,9 +15,11 @@ A session ends in one of three ways:
   banned, the server stops, or it did not log in within the grace time
   (`enforce_login_grace`);
 * **gently** (`end`): its user may no longer log in (removed, disabled,
-  expired, another address).  The worker gets an `end` message and
-  disconnects its client with the reason; SIGTERM and then SIGKILL follow
-  if it lingers;
+  expired, another address), or it has moved nothing and made no SFTP
+  request for `limits.idle_timeout` (`enforce_idle_timeout`; the worker's
+  transfer reports are what counts as activity).  The worker gets an
+  `end` message and disconnects its client with the reason; SIGTERM and
+  then SIGKILL follow if it lingers;
 * **by itself**: the worker exits, its link closes, and the supervisor
   forgets the session as "closed".
 
@@ -85,6 +87,7 @@ class Session:
     bytes_in: int = 0
     bytes_out: int = 0
     operations: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
     connected_at: float = field(default_factory=time.time)
     logged_in_at: float | None = None
     sandbox: str | None = None
@@ -93,6 +96,8 @@ class Session:
     ending: str | None = None
     # Host key signatures made for this session's key exchanges.
     signatures: int = 0
+    # When the worker last reported bytes, operations or requests (monotonic).
+    last_active: float = field(default_factory=time.monotonic)
 
     def take_transfer(self, notice: ipc.TransferNotice) -> Transfer:
         """Take a worker's cumulative counters; only their growth counts."""
@@ -106,11 +111,15 @@ class Session:
             raise ipc.ProtocolError("too many kinds of operations")
         grown_in = max(0, notice.bytes_in - self.bytes_in)
         grown_out = max(0, notice.bytes_out - self.bytes_out)
+        grown_requests = max(0, notice.requests - self.requests)
 
         self.bytes_in += grown_in
         self.bytes_out += grown_out
         for key, count in grown.items():
             self.operations[key] = self.operations.get(key, 0) + count
+        self.requests += grown_requests
+        if grown_in or grown_out or grown or grown_requests:
+            self.last_active = time.monotonic()
         return Transfer(grown_in, grown_out, grown)
 
 
@@ -237,6 +246,33 @@ class Sessions(Mapping[int, Session]):
                 session.connection_id,
             )
             self.kill(session, "login grace time exceeded")
+
+    def enforce_idle_timeout(self, session: Session, idle_timeout: float) -> None:
+        """End a logged-in session once it has been idle for `idle_timeout`.
+
+        Keepalives do not count: a client can answer them for ever without
+        using its session.  0 turns the limit off.
+        """
+
+        if idle_timeout <= 0:
+            return
+        session.last_active = time.monotonic()
+        self.timers.schedule(
+            idle_timeout, lambda: self._end_if_idle(session, idle_timeout)
+        )
+
+    def _end_if_idle(self, session: Session, idle_timeout: float) -> None:
+        if session.connection_id not in self._open or session.ending is not None:
+            return
+        idle_for = time.monotonic() - session.last_active
+        if idle_for < idle_timeout:
+            # Active since: look again when it could first have been idle.
+            self.timers.schedule(
+                idle_timeout - idle_for,
+                lambda: self._end_if_idle(session, idle_timeout),
+            )
+            return
+        self.end(session, f"idle for {idle_timeout:g} seconds")
 
     def end(self, session: Session, reason: str) -> None:
         """Ask the worker to end its session; stop it by force if it lingers."""

@@ -426,6 +426,7 @@ class Supervisor:
             self.logins.authenticate(session, message)
         elif isinstance(message, ipc.LoginNotice):
             self.logins.confirm(session, message.user)
+            self.sessions.enforce_idle_timeout(session, self.config.limits.idle_timeout)
         elif isinstance(message, ipc.TransferNotice):
             grown = session.take_transfer(message)
             self.metrics.transfer(grown.bytes_in, grown.bytes_out, grown.operations)

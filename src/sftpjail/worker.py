@@ -602,6 +602,7 @@ class SessionServer(asyncssh.SSHServer):
             "bytes_in": self.stats.bytes_in,
             "bytes_out": self.stats.bytes_out,
             "operations": dict(self.stats.operations),
+            "requests": self.stats.requests,
         }
         if report != self._last_report:
             self.link.notify(report)
