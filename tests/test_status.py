@@ -38,6 +38,7 @@ def test_status_shows_a_live_session_and_a_ban(lab: ServerLab) -> None:
     assert "sessions: 1" in lines and "bans: 1" in lines
     session_row = lines[lines.index("sessions: 1") + 2].split("\t")
     assert session_row[1:4] == ["alice", "127.0.0.1", "active"]
+    assert session_row[-1].isdigit()  # seconds idle
     ban_row = lines[lines.index("bans: 1") + 2].split("\t")
     assert ban_row[0] == "127.0.0.2" and ban_row[3] == "2"
     sandbox = next(line for line in lines if line.startswith("sandbox: "))
@@ -47,6 +48,7 @@ def test_status_shows_a_live_session_and_a_ban(lab: ServerLab) -> None:
     assert reply["server"]["pid"] == lab.process.pid  # type: ignore[union-attr]
     (live,) = reply["sessions"]
     assert live["user"] == "alice" and live["state"] == "active"
+    assert 0 <= live["idle"] < 60
     assert [ban["peer"] for ban in reply["bans"]] == ["127.0.0.2"]
 
 

@@ -87,8 +87,17 @@ def _session(session: Session) -> dict[str, object]:
         "since": _timestamp(session.logged_in_at or session.connected_at),
         "bytes_in": session.bytes_in,
         "bytes_out": session.bytes_out,
+        # Seconds since the worker last reported a request or a byte moved,
+        # what `limits.idle_timeout` is measured against.
+        "idle": _idle_seconds(session),
         "sandbox": session.sandbox,
     }
+
+
+def _idle_seconds(session: Session) -> int | None:
+    if session.user is None:
+        return None
+    return int(time.monotonic() - session.last_active)
 
 
 def _ban(ban: Ban) -> dict[str, object]:

@@ -27,6 +27,7 @@ _SESSION_COLUMNS = (
     "since",
     "bytes_in",
     "bytes_out",
+    "idle",
 )
 _BAN_COLUMNS = ("peer", "until", "seconds", "failures")
 
