@@ -45,6 +45,8 @@ fi
 # profile-guided and link-time optimization, and runs sftpjail's Python
 # about 15 % faster than an unoptimized build (a default pyenv one, say)
 # that may come first on PATH.  docs/benchmarks.md has the measurements.
+# An existing .venv keeps the interpreter it was made with: remove it to
+# switch.
 if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then
   PYTHON=/usr/bin/python3
 fi

@@ -97,6 +97,8 @@ def test_the_whole_config_can_come_from_the_environment() -> None:
         (MINIMAL + "[limits]\nlogin_grace_time = 'soon'\n", "limits.login_grace_time"),
         (MINIMAL + "[limits]\nmax_request_size = 100\n", "limits.max_request_size"),
         (MINIMAL + "[limits]\nidle_timeout = -1\n", "or 0 to turn it off"),
+        (MINIMAL + "[limits]\nidle_timeout = nan\n", "limits.idle_timeout"),
+        (MINIMAL + "[limits]\nlogin_grace_time = inf\n", "finite number"),
         (MINIMAL + "[limits]\nmax_sesions = 5\n", "limits.max_sesions"),
         (MINIMAL + "[serve]\n", "[serve]"),
         (MINIMAL.replace("127.0.0.1:2222", "127.0.0.1:99999"), "server.listen"),

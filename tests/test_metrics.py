@@ -99,7 +99,7 @@ def test_transfer_message_with_operations_is_accepted() -> None:
     assert notice == ipc.TransferNotice(1, 2, {"open_write:ok": 3})
     plain = b'{"type": "transfer", "bytes_in": 1, "bytes_out": 2}'
     assert ipc.parse_worker_message(plain) == ipc.TransferNotice(1, 2, {})
-    counted = b'{"type": "transfer", "bytes_in": 1, "bytes_out": 2, "requests": 7}'
+    counted = b'{"type":"transfer","bytes_in":1,"bytes_out":2,"client_packets":7}'
     assert ipc.parse_worker_message(counted) == ipc.TransferNotice(1, 2, {}, 7)
 
 

@@ -615,8 +615,8 @@ def test_environment_and_x11_requests_are_refused_and_audited(
 def test_idle_sessions_are_ended_and_busy_ones_are_not(lab: ServerLab) -> None:
     """A session that makes a request every half second outlives the idle
     timeout, even requests that move nothing and change nothing (`cd` is a
-    realpath and a stat); one that only answers keepalives is ended with
-    the reason."""
+    realpath and a stat); one that only sends keepalives, every second, is
+    ended with the reason."""
 
     key = lab.add_user("alice")
     lab.write_config("idle_timeout = 4")
@@ -626,7 +626,12 @@ def test_idle_sessions_are_ended_and_busy_ones_are_not(lab: ServerLab) -> None:
     assert busy.returncode == 0, busy.stderr
     assert lab.audit_events("session.ended") == []
 
-    idle = lab.sftp("alice", "ls\n!sleep 10\nls\n", key=key)
+    idle = lab.sftp(
+        "alice",
+        "ls\n!sleep 10\nls\n",
+        key=key,
+        extra=["-o", "ServerAliveInterval=1"],
+    )
     assert idle.returncode != 0
     ended = lab.audit_events("session.ended")
     assert [event["reason"] for event in ended] == ["idle for 4 seconds"]

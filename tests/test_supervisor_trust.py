@@ -273,11 +273,11 @@ BROKEN_MESSAGES = {
     "login-never-granted": {"type": "login", "user": "alice"},
     "negative-count": {"type": "transfer", "bytes_in": -1, "bytes_out": 0},
     "boolean-count": {"type": "transfer", "bytes_in": True, "bytes_out": 0},
-    "negative-requests": {
+    "negative-packets": {
         "type": "transfer",
         "bytes_in": 0,
         "bytes_out": 0,
-        "requests": -1,
+        "client_packets": -1,
     },
     "over-size": json.dumps(_auth("alice", "password", "x" * 20000)).encode(),
     "deep-nesting": b"[" * 100_000,

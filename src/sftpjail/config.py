@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -423,6 +424,8 @@ def _number(
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
     if kind is int and isinstance(value, float):
         raise ConfigError(f"{name} must be a whole number")
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if zero_allowed and number == 0:
         return number
     if number <= 0:

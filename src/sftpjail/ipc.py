@@ -60,13 +60,13 @@ class TransferNotice:
 
     Every count is cumulative for the session; `operations` maps
     "operation:result" (e.g. "open_write:ok") to how many happened, and
-    `requests` counts SFTP requests of any kind.
+    `client_packets` counts the SSH packets of SFTP data the client sent.
     """
 
     bytes_in: int
     bytes_out: int
     operations: Mapping[str, int] = field(default_factory=dict)
-    requests: int = 0
+    client_packets: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,13 +169,15 @@ def parse_worker_message(data: bytes) -> WorkerMessage:
         _expect_keys(message, {"type", "user"})
         return LoginNotice(user=_text(message, "user", MAX_USER_NAME_BYTES))
     if kind == "transfer":
-        optional = {"operations", "requests"} & set(message)
+        optional = {"operations", "client_packets"} & set(message)
         _expect_keys(message, {"type", "bytes_in", "bytes_out"} | optional)
         return TransferNotice(
             bytes_in=_count(message, "bytes_in"),
             bytes_out=_count(message, "bytes_out"),
             operations=_operations(message) if "operations" in message else {},
-            requests=_count(message, "requests") if "requests" in message else 0,
+            client_packets=(
+                _count(message, "client_packets") if "client_packets" in message else 0
+            ),
         )
     if kind == "sandbox":
         _expect_keys(message, {"type", "layers"})

@@ -87,7 +87,7 @@ class Session:
     bytes_in: int = 0
     bytes_out: int = 0
     operations: dict[str, int] = field(default_factory=dict)
-    requests: int = 0
+    client_packets: int = 0
     connected_at: float = field(default_factory=time.time)
     logged_in_at: float | None = None
     sandbox: str | None = None
@@ -96,7 +96,7 @@ class Session:
     ending: str | None = None
     # Host key signatures made for this session's key exchanges.
     signatures: int = 0
-    # When the worker last reported bytes, operations or requests (monotonic).
+    # When the worker last reported bytes, operations or packets (monotonic).
     last_active: float = field(default_factory=time.monotonic)
 
     def take_transfer(self, notice: ipc.TransferNotice) -> Transfer:
@@ -111,14 +111,14 @@ class Session:
             raise ipc.ProtocolError("too many kinds of operations")
         grown_in = max(0, notice.bytes_in - self.bytes_in)
         grown_out = max(0, notice.bytes_out - self.bytes_out)
-        grown_requests = max(0, notice.requests - self.requests)
+        grown_packets = max(0, notice.client_packets - self.client_packets)
 
         self.bytes_in += grown_in
         self.bytes_out += grown_out
         for key, count in grown.items():
             self.operations[key] = self.operations.get(key, 0) + count
-        self.requests += grown_requests
-        if grown_in or grown_out or grown or grown_requests:
+        self.client_packets += grown_packets
+        if grown_in or grown_out or grown or grown_packets:
             self.last_active = time.monotonic()
         return Transfer(grown_in, grown_out, grown)
 
@@ -257,20 +257,25 @@ class Sessions(Mapping[int, Session]):
         if idle_timeout <= 0:
             return
         session.last_active = time.monotonic()
+        self._check_idle_after(idle_timeout, session.connection_id, idle_timeout)
+
+    def _check_idle_after(
+        self, delay: float, connection_id: int, idle_timeout: float
+    ) -> None:
+        # The timer keeps the id, not the session: a closed session's
+        # records go when it is forgotten, not when its timer runs out.
         self.timers.schedule(
-            idle_timeout, lambda: self._end_if_idle(session, idle_timeout)
+            delay, lambda: self._end_if_idle(connection_id, idle_timeout)
         )
 
-    def _end_if_idle(self, session: Session, idle_timeout: float) -> None:
-        if session.connection_id not in self._open or session.ending is not None:
+    def _end_if_idle(self, connection_id: int, idle_timeout: float) -> None:
+        session = self._open.get(connection_id)
+        if session is None or session.ending is not None:
             return
         idle_for = time.monotonic() - session.last_active
         if idle_for < idle_timeout:
             # Active since: look again when it could first have been idle.
-            self.timers.schedule(
-                idle_timeout - idle_for,
-                lambda: self._end_if_idle(session, idle_timeout),
-            )
+            self._check_idle_after(idle_timeout - idle_for, connection_id, idle_timeout)
             return
         self.end(session, f"idle for {idle_timeout:g} seconds")
 

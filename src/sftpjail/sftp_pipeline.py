@@ -48,7 +48,7 @@ from asyncssh.sftp import (
 )
 
 from sftpjail import sftp_names
-from sftpjail.sftp_server import DirectoryListing, SessionStats
+from sftpjail.sftp_server import DirectoryListing
 
 logger = logging.getLogger("sftpjail.sftp_pipeline")
 
@@ -193,19 +193,12 @@ class PipelinedSFTPHandler(SFTPServerHandler):
 
         self._batching = True
         try:
-            requests = _complete_packets(received)
-            self._count_requests(len(requests))
-            for request in requests:
+            for request in _complete_packets(received):
                 await self._answer(request)
         finally:
             self._batching = False
             self._flush_replies()
             _send_queued(self._connection)
-
-    def _count_requests(self, count: int) -> None:
-        stats = getattr(self._server, "stats", None)
-        if isinstance(stats, SessionStats):
-            stats.requests += count
 
     async def _answer(self, request: bytes) -> None:
         if self.logger.isEnabledFor(logging.DEBUG):

@@ -124,14 +124,15 @@ class SessionStats:
 
     Operation keys are "<operation>:<outcome>": an `OPERATIONS` name or
     "write", and "ok", "refused" (by a permission or a quota) or "failed"
-    (by the file system).  `requests` counts every SFTP request, which is
-    what tells the supervisor that an idle-looking session is in use.
+    (by the file system).  `client_packets` counts the SSH packets of
+    SFTP data the client sent, requests of every kind: what tells the
+    supervisor that a session is in use although it moves nothing.
     """
 
     bytes_in: int = 0
     bytes_out: int = 0
     operations: Counter[str] = field(default_factory=Counter)
-    requests: int = 0
+    client_packets: int = 0
 
     def count(self, operation: str, outcome: str) -> None:
         self.operations[f"{operation}:{outcome}"] += 1

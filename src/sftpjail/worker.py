@@ -602,7 +602,7 @@ class SessionServer(asyncssh.SSHServer):
             "bytes_in": self.stats.bytes_in,
             "bytes_out": self.stats.bytes_out,
             "operations": dict(self.stats.operations),
-            "requests": self.stats.requests,
+            "client_packets": self.stats.client_packets,
         }
         if report != self._last_report:
             self.link.notify(report)
@@ -659,6 +659,12 @@ class SftpOnlySession(SSHServerStreamSession[bytes]):
 
     def _make_sftp_server(self, channel: Any) -> JailedSFTPServer:
         return JailedSFTPServer(channel, self._owner.sftp_context())
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        # Any SFTP data from the client keeps the session from counting as
+        # idle (limits.idle_timeout); keepalives are not channel data.
+        self._owner.stats.client_packets += 1
+        super().data_received(data, datatype)
 
     def session_started(self) -> None:
         """Serve SFTP with the batching request loop when it is in place."""
