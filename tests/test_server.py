@@ -492,19 +492,26 @@ def test_worker_crash_leaves_the_server_serving(
     assert crashed and crashed[-1]["status"] == "SIGKILL"
 
 
+def _open_idle_sftp(lab: ServerLab, key: ClientKey) -> subprocess.Popen[bytes]:
+    """An interactive sftp session as alice that waits for commands."""
+
+    session = subprocess.Popen(
+        ["sftp", *lab.ssh_options(key), "-P", str(lab.port), "alice@127.0.0.1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    lab.wait_for_worker("alice")
+    return session
+
+
 def test_sigterm_waits_for_sessions_then_ends_them(
     lab: ServerLab, tmp_path: Path
 ) -> None:
     lab.write_config(limits="shutdown_grace_time = 2")
     alice = lab.add_user("alice")
     lab.start()
-    session = subprocess.Popen(
-        ["sftp", *lab.ssh_options(alice), "-P", str(lab.port), "alice@127.0.0.1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    lab.wait_for_worker("alice")
+    session = _open_idle_sftp(lab, alice)
 
     started = time.monotonic()
     assert lab.stop(timeout=15) == 0
@@ -515,6 +522,43 @@ def test_sigterm_waits_for_sessions_then_ends_them(
     lab.wait_for_log("Grace time over; ending 1 sessions.", 1)
     session.kill()
     session.wait()
+
+
+def test_sigterm_ends_idle_sessions_at_once_and_lets_busy_ones_finish(
+    lab: ServerLab,
+) -> None:
+    """A client left open does not hold the shutdown for the whole grace
+    time; a session still making requests goes on until it is done."""
+
+    lab.write_config(limits="shutdown_grace_time = 60")
+    alice = lab.add_user("alice")
+    lab.start()
+    idle = _open_idle_sftp(lab, alice)
+    time.sleep(6)
+    command = ["sftp", *lab.ssh_options(alice), "-b", "-", "-P", str(lab.port)]
+    busy = subprocess.Popen(
+        [*command, "alice@127.0.0.1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert busy.stdin is not None
+    busy.stdin.write("cd /\n!sleep 0.5\n" * 12 + "cd /\n")
+    busy.stdin.close()
+    time.sleep(1)
+
+    started = time.monotonic()
+    assert lab.stop(timeout=30) == 0
+    elapsed = time.monotonic() - started
+
+    assert busy.wait(timeout=10) == 0, busy.stderr.read() if busy.stderr else ""
+    assert elapsed < 20
+    lab.wait_for_log("Ending 1 idle sessions for the shutdown.", 1)
+    reasons = [event["reason"] for event in lab.audit_events("session.ended")]
+    assert reasons == ["server shutting down"]
+    idle.kill()
+    idle.wait()
 
 
 def test_host_keys_survive_a_restart(lab: ServerLab) -> None:

@@ -268,6 +268,21 @@ class Sessions(Mapping[int, Session]):
             delay, lambda: self._end_if_idle(connection_id, idle_timeout)
         )
 
+    def end_idle(self, idle_for: float, reason: str) -> int:
+        """End every logged-in session idle for `idle_for`; how many ended."""
+
+        now = time.monotonic()
+        idle = [
+            session
+            for session in self._open.values()
+            if session.user is not None
+            and session.ending is None
+            and now - session.last_active >= idle_for
+        ]
+        for session in idle:
+            self.end(session, reason)
+        return len(idle)
+
     def _end_if_idle(self, connection_id: int, idle_timeout: float) -> None:
         session = self._open.get(connection_id)
         if session is None or session.ending is not None:
