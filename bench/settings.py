@@ -17,7 +17,7 @@ SCENARIOS = ("logins", "small-files", "listing", "transfers", "concurrent", "idl
 class Settings:
     """Sizes and counts of every scenario; the defaults are the full run."""
 
-    runs: int = 3
+    runs: int = 5
     big_size: int = GIB
     ciphers: tuple[str, ...] = (AES_GCM, CHACHA20)
     # Scenarios that are not about ciphers use what OpenSSH clients pick
