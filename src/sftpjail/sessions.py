@@ -268,6 +268,17 @@ class Sessions(Mapping[int, Session]):
             delay, lambda: self._end_if_idle(connection_id, idle_timeout)
         )
 
+    def _end_if_idle(self, connection_id: int, idle_timeout: float) -> None:
+        session = self._open.get(connection_id)
+        if session is None or session.ending is not None:
+            return
+        idle_for = time.monotonic() - session.last_active
+        if idle_for < idle_timeout:
+            # Active since: look again when it could first have been idle.
+            self._check_idle_after(idle_timeout - idle_for, connection_id, idle_timeout)
+            return
+        self.end(session, f"idle for {idle_timeout:g} seconds")
+
     def end_idle(self, idle_for: float, reason: str) -> int:
         """End every logged-in session idle for `idle_for`; how many ended."""
 
@@ -282,17 +293,6 @@ class Sessions(Mapping[int, Session]):
         for session in idle:
             self.end(session, reason)
         return len(idle)
-
-    def _end_if_idle(self, connection_id: int, idle_timeout: float) -> None:
-        session = self._open.get(connection_id)
-        if session is None or session.ending is not None:
-            return
-        idle_for = time.monotonic() - session.last_active
-        if idle_for < idle_timeout:
-            # Active since: look again when it could first have been idle.
-            self._check_idle_after(idle_timeout - idle_for, connection_id, idle_timeout)
-            return
-        self.end(session, f"idle for {idle_timeout:g} seconds")
 
     def end(self, session: Session, reason: str) -> None:
         """Ask the worker to end its session; stop it by force if it lingers."""
