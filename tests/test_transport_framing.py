@@ -201,6 +201,34 @@ def test_a_channel_sends_the_same_packets_unjoined_and_handed_over() -> None:
     assert ours._send_window == theirs._send_window == 1024 * 1024 - 200_000
 
 
+def test_hand_over_leaves_what_the_window_refuses_for_later_in_order() -> None:
+    """With a window smaller than the data, the rest waits in the channel's
+    buffer, behind it a second hand-over, and leaves as the window opens:
+    the same packets as asyncssh's own writes."""
+
+    first, second = os.urandom(100_000), os.urandom(50_000)
+    theirs_peer, ours_peer = ChannelPeer(), ChannelPeer()
+    theirs, ours = _channel(theirs_peer), _channel(ours_peer)
+    ours.send_packet = functools.partial(transport.send_packet_unjoined, ours)
+    for channel in (theirs, ours):
+        channel._send_window = 70_000
+
+    theirs.write(first)
+    theirs.write(second)
+    transport.hand_over(ours, bytearray(first))
+    transport.hand_over(ours, bytearray(second))
+    assert ours_peer.sent == theirs_peer.sent
+    assert ours._send_buf_len == theirs._send_buf_len == 80_000
+
+    for channel in (theirs, ours):
+        channel._send_window += 1024 * 1024
+        channel._flush_send_buf()
+    assert ours_peer.sent == theirs_peer.sent
+    # Each payload: the channel number, the data's length, the data.
+    assert b"".join(data[8:] for _type, data in ours_peer.sent) == first + second
+    assert ours._send_buf == theirs._send_buf == []
+
+
 def test_hand_over_refuses_a_closed_channel() -> None:
     channel = _channel(ChannelPeer())
     channel._send_state = "close_pending"
