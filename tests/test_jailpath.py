@@ -36,6 +36,16 @@ def _read(jail: Jail, path: bytes) -> bytes:
         os.close(fd)
 
 
+def _client_path(jail: Jail, path: bytes) -> bytes:
+    """Where `path` leads, in the client's view."""
+
+    fd = jail.open_path(path)
+    try:
+        return jail.client_path_of(fd)
+    finally:
+        os.close(fd)
+
+
 def test_this_kernel_has_openat2() -> None:
     assert kernel_has_openat2()
 
@@ -150,11 +160,7 @@ def test_client_path_of_hides_the_home(
     (home / "shortcut").symlink_to("/dir/sub")
     jail = Jail(home, use_openat2=use_openat2)
 
-    fd = jail.open_path(b"shortcut")
-    try:
-        assert jail.client_path_of(fd) == b"/dir/sub"
-    finally:
-        os.close(fd)
+    assert _client_path(jail, b"shortcut") == b"/dir/sub"
     assert jail.client_path_of(jail.root_fd) == b"/"
 
 
@@ -167,11 +173,7 @@ def test_client_path_of_follows_a_home_moved_while_open(tmp_path: Path) -> None:
     jail = Jail(home)
     home.rename(tmp_path / "moved")
 
-    fd = jail.open_path(b"dir")
-    try:
-        assert jail.client_path_of(fd) == b"/dir"
-    finally:
-        os.close(fd)
+    assert _client_path(jail, b"dir") == b"/dir"
     assert jail.client_path_of(jail.root_fd) == b"/"
 
 
