@@ -117,6 +117,7 @@ def test_paramiko(round_: Round) -> None:
     )
     try:
         sftp = client.open_sftp()
+        sftp.get_channel().settimeout(CLIENT_TIMEOUT)
         sftp.mkdir("inbox")
         sftp.put(str(round_.original), "inbox/upload.bin")
         listed = {entry.filename: entry.st_size for entry in sftp.listdir_attr("inbox")}
@@ -136,11 +137,8 @@ def test_paramiko(round_: Round) -> None:
 def test_paramiko_attributes_links_and_replacing_renames(round_: Round) -> None:
     """The requests behind "preserve times", permissions and safe replaces."""
 
-    transport = paramiko.Transport(("127.0.0.1", round_.lab.port))
+    sftp, transport = _paramiko_sftp(round_)
     try:
-        transport.connect(username="alice", password=PASSWORD)
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
         sftp.put(str(round_.original), "data.bin")
         sftp.truncate("data.bin", 1000)
         sftp.chmod("data.bin", 0o640)
@@ -148,9 +146,10 @@ def test_paramiko_attributes_links_and_replacing_renames(round_: Round) -> None:
         seen = sftp.stat("data.bin")
         sftp.symlink("data.bin", "link.bin")
         target = sftp.readlink("link.bin")
-        # The SFTP v3 draft's order (link first), as WinSCP sends it to
-        # servers other than OpenSSH: told apart by what exists.
-        sftp.symlink("draft-link.bin", "data.bin")
+        # paramiko sends the target first, as OpenSSH's server expects:
+        # a link over an existing entry fails, however the names look.
+        with pytest.raises(OSError):
+            sftp.symlink("elsewhere.bin", "data.bin")
         with sftp.open("new.bin", "w") as new:
             new.write(b"replacement")
         # posix-rename@openssh.com: replaces the target, as rename(2) does.
@@ -165,10 +164,59 @@ def test_paramiko_attributes_links_and_replacing_renames(round_: Round) -> None:
     assert (seen.st_size, seen.st_mode & 0o777) == (1000, 0o640)
     assert (seen.st_atime, seen.st_mtime) == (1_600_000_000, 1_700_000_000)
     assert (target, os.readlink(round_.home / "link.bin")) == ("data.bin", "data.bin")
-    assert os.readlink(round_.home / "draft-link.bin") == "data.bin"
     assert (round_.home / "data.bin").read_bytes() == b"replacement"
     assert on_disk.st_mode & 0o777 == 0o644  # the new file's own mode
-    assert sorted(os.listdir(round_.home)) == ["data.bin", "draft-link.bin", "link.bin"]
+    assert sorted(os.listdir(round_.home)) == ["data.bin", "link.bin"]
+
+
+def test_a_client_of_unknown_symlink_order_is_told_by_what_exists(
+    round_: Round,
+) -> None:
+    """For a client in neither list, the file system says which is the link."""
+
+    sftp, transport = _paramiko_sftp(round_, version="SSH-2.0-SomeClient_1.0")
+    try:
+        with sftp.open("report.csv", "w") as report:
+            report.write(b"a,b")
+        sftp.mkdir("inbox")
+        with sftp.open("inbox/data.csv", "w") as data:
+            data.write(b"c,d")
+        # The draft's order, link first: only the second name exists.
+        sftp.symlink("latest", "report.csv")
+        # The target first, relative to the link's directory, as OpenSSH's
+        # client sends `cd inbox; ln -s data.csv current`.
+        sftp.symlink("data.csv", "inbox/current")
+        # The same again: both names exist, seen from the link's
+        # directory, so the order stays and the existing link is kept.
+        with pytest.raises(OSError):
+            sftp.symlink("data.csv", "inbox/current")
+        sftp.close()
+    finally:
+        transport.close()
+
+    assert os.readlink(round_.home / "latest") == "report.csv"
+    assert os.readlink(round_.home / "inbox" / "current") == "data.csv"
+    assert sorted(os.listdir(round_.home)) == ["inbox", "latest", "report.csv"]
+    assert sorted(os.listdir(round_.home / "inbox")) == ["current", "data.csv"]
+
+
+def _paramiko_sftp(
+    round_: Round, version: str | None = None
+) -> tuple[paramiko.SFTPClient, paramiko.Transport]:
+    """A password login of alice with paramiko, as `version` if given."""
+
+    transport = paramiko.Transport(("127.0.0.1", round_.lab.port))
+    if version is not None:
+        transport.local_version = version
+    try:
+        transport.connect(username="alice", password=PASSWORD)
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        sftp.get_channel().settimeout(CLIENT_TIMEOUT)
+    except BaseException:
+        transport.close()
+        raise
+    return sftp, transport
 
 
 # -- libssh ---------------------------------------------------------------------------
@@ -181,6 +229,7 @@ def test_libssh(round_: Round) -> None:
     session.options_set(libssh_options.USER, "alice")
     # No known_hosts is read or written: the test's own server on loopback.
     session.options_set(libssh_options.KNOWNHOSTS, os.devnull)
+    session.options_set_int_val(libssh_options.TIMEOUT, CLIENT_TIMEOUT)
     session.connect()
     try:
         session.userauth_password("alice", PASSWORD)

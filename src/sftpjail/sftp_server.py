@@ -26,6 +26,7 @@ import errno
 import itertools
 import logging
 import os
+import posixpath
 import stat
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -916,20 +917,25 @@ class JailedSFTPServer(asyncssh.SFTPServer):
 
         OpenSSH's server reads the target first, and nearly every client
         sends that order (OpenSSH, paramiko, libssh2, Go's pkg/sftp, JSch,
-        PuTTY).  The SFTP v3 draft puts the link first, and asyncssh's
-        client, libssh and WinSCP send that to servers they do not know as
-        OpenSSH.  Whatever the client's name says, the file system has the
-        last word: a link can only be made where nothing is, so when the
-        would-be link names an entry and the would-be target none, the
-        client meant the other order.
+        PuTTY and FileZilla).  The SFTP v3 draft puts the link first, and
+        asyncssh's client, libssh and WinSCP send that to servers they do
+        not know as OpenSSH.  Both lists go by the client's SSH version
+        string.  For a client in neither, the file system decides: a link
+        can only be made where nothing is, so when the would-be link names
+        an entry and the would-be target (read from the link's directory)
+        none, the client meant the other order.  (SFTP v4 and later fixed
+        the order; this server speaks v3 only.)
         """
 
-        client = str(self.channel.get_extra_info("client_version", ""))
+        client = str(self.channel.get_extra_info("client_version", "")).lower()
         if any(name in client for name in _LINK_FIRST_CLIENTS):
-            target, link = second, first
-        else:
-            target, link = first, second
-        if self._names_an_entry(link) and not self._names_an_entry(target):
+            return second, first
+        if any(name in client for name in _TARGET_FIRST_CLIENTS):
+            return first, second
+        target, link = first, second
+        if self._names_an_entry(link) and not self._names_an_entry(
+            _seen_from(link, target)
+        ):
             target, link = link, target
         return target, link
 
@@ -964,9 +970,28 @@ class JailedSFTPServer(asyncssh.SFTPServer):
 
 
 # Clients that send an SFTP v3 SYMLINK's link path first, as the draft
-# does, to a server other than OpenSSH, by their SSH version strings
-# ("libssh_" is libssh; libssh2 names itself "libssh2_").
-_LINK_FIRST_CLIENTS = ("AsyncSSH", "WinSCP", "libssh_")
+# does, to a server other than OpenSSH, by their SSH version strings in
+# lower case ("libssh_" is libssh; libssh2 names itself "libssh2_").
+_LINK_FIRST_CLIENTS = ("asyncssh", "winscp", "libssh_")
+
+# Clients known to send the target first, as OpenSSH's server expects.
+_TARGET_FIRST_CLIENTS = (
+    "openssh",
+    "paramiko",
+    "libssh2_",
+    "-go",
+    "jsch",
+    "putty",
+    "filezilla",
+)
+
+
+def _seen_from(link: bytes, target: bytes) -> bytes:
+    """Where a link's target leads, as a path: relative ones start at the link."""
+
+    if target.startswith(b"/"):
+        return target
+    return posixpath.join(posixpath.dirname(link), target)
 
 
 def _join(directory: bytes, name: bytes) -> bytes:
