@@ -38,14 +38,37 @@ def test_the_wait_is_capped_so_the_loop_wakes_up() -> None:
     assert Timers().run_due() == 1.0
 
 
-def test_an_action_may_schedule_another_that_is_already_due() -> None:
+def test_an_action_scheduled_by_another_waits_for_the_next_turn() -> None:
     timers = Timers()
     ran: list[str] = []
     timers.schedule(0, lambda: timers.schedule(0, lambda: ran.append("chained")))
 
+    first_wait = timers.run_due()
+    ran_in_the_first_turn = list(ran)
     timers.run_due()
 
+    # The loop gets to select between the two, without sleeping.
+    assert (ran_in_the_first_turn, first_wait) == ([], 0.0)
     assert ran == ["chained"]
+
+
+def test_steps_that_schedule_each_other_take_one_turn_each() -> None:
+    timers = Timers()
+    steps: list[int] = []
+
+    def step() -> None:
+        steps.append(len(steps))
+        if len(steps) < 5:
+            timers.schedule(0, step)
+
+    timers.schedule(0, step)
+    turns = 0
+    while len(steps) < 5 and turns < 20:
+        timers.run_due()
+        turns += 1
+
+    assert steps == [0, 1, 2, 3, 4]
+    assert turns == 5
 
 
 def test_an_action_runs_once_its_delay_has_passed() -> None:

@@ -35,13 +35,22 @@ class Timers:
         heapq.heappush(self._waiting, (due, next(self._order), action))
 
     def run_due(self) -> float:
-        """Run every action that is due; return the wait until the next one."""
+        """Run the actions due now; return how long the loop may then wait.
 
+        An action scheduled by one of them waits for the next call, even
+        when it is already due (a delay of 0 means "next turn"): the loop
+        gets to `select` in between, so work split into steps that
+        schedule each other lets other connections in.
+        """
+
+        now = time.monotonic()
+        scheduled_before = next(self._order)
         while self._waiting:
-            due, _order, action = self._waiting[0]
-            wait = due - time.monotonic()
-            if wait > 0:
-                return min(wait, _LONGEST_WAIT)
+            due, order, action = self._waiting[0]
+            if due > now:
+                return max(0.0, min(due - time.monotonic(), _LONGEST_WAIT))
+            if order > scheduled_before:
+                return 0.0
             heapq.heappop(self._waiting)
             action()
         return _LONGEST_WAIT
