@@ -27,6 +27,7 @@ from sftpjail.quota import (
     describe_size,
     measure_home,
 )
+from sftpjail.timers import Timers
 
 MiB = 1024 * 1024
 TARGET = "quoted@127.0.0.1"
@@ -198,6 +199,25 @@ def test_a_walk_left_unfinished_lets_go_of_its_descriptors(tmp_path: Path) -> No
     assert _open_descriptors() == descriptors
 
 
+def test_a_file_removed_during_the_walk_leaves_the_rest_counted(
+    tmp_path: Path,
+) -> None:
+    for index in range(100):
+        (tmp_path / f"f{index}").write_bytes(b"xy")
+    # os.listdir reads a directory in the order os.scandir does.
+    order = os.listdir(tmp_path)
+    walk = HomeWalk(tmp_path)
+    walk.step(10)  # the first ten seen and counted
+
+    for name in order[50:55]:  # five further on, not yet seen
+        (tmp_path / name).unlink()
+    while not walk.step(1000):
+        pass
+
+    assert walk.measurement.usage == Usage(bytes=2 * 95, files=95)
+    assert walk.measurement.complete
+
+
 class Loop:
     """Stands in for the supervisor's loop: actions run when the test says."""
 
@@ -273,6 +293,85 @@ def test_a_measurement_ends_with_the_users_last_session(tmp_path: Path) -> None:
     assert "finn" not in books.users
     assert loop.answers == []
     assert _open_descriptors() == descriptors
+
+
+def test_a_session_that_left_is_not_charged_for_its_waiting_reservation(
+    tmp_path: Path,
+) -> None:
+    used = _tree(tmp_path, directories=2, files_each=5)
+    loop = Loop()
+    books = QuotaLedger(later=loop.later, answer=loop.answer)
+    limits = QuotaLimits(files=100)
+    books.join(1, "gale", limits, tmp_path)
+    books.join(2, "gale", limits, tmp_path)
+    books.handle(1, ipc.QuotaRequest(bytes=0, files=1))
+    books.handle(2, ipc.QuotaRequest(bytes=0, files=1))
+
+    books.leave(1)
+    while loop.actions:
+        loop.turn()
+
+    assert loop.answers == [(2, {"type": "quota_reply", "ok": True, "bytes": 0})]
+    assert books.users["gale"].used.files == used.files + 1
+
+
+def test_homes_wait_their_turn_to_be_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sftpjail.quota.ENTRIES_PER_STEP", 5)
+    homes = {name: tmp_path / name for name in ("hal", "ivy", "jo")}
+    expected = {}
+    for name, home in homes.items():
+        home.mkdir()
+        expected[name] = _tree(home, directories=2, files_each=10)
+    loop = Loop()
+    books = QuotaLedger(later=loop.later, answer=loop.answer, max_walks=2)
+    for number, (name, home) in enumerate(homes.items()):
+        books.join(number, name, QuotaLimits(files=1000), home)
+
+    def walking() -> set[str]:
+        return {
+            name
+            for name, ledger in books.users.items()
+            if ledger.walk is not None and ledger.walk.entries > 0
+        }
+
+    loop.turn()
+    first_turn = walking()
+    turns = 1
+    while loop.actions and turns < 1000:
+        loop.turn()
+        turns += 1
+
+    assert first_turn == {"hal", "ivy"}  # jo waits for one of them
+    assert {name: ledger.used for name, ledger in books.users.items()} == expected
+    assert all(ledger.walk is None for ledger in books.users.values())
+
+
+def test_the_supervisors_timers_measure_a_home_over_several_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sftpjail.quota.ENTRIES_PER_STEP", 10)
+    used = _tree(tmp_path, directories=3, files_each=20)
+    timers = Timers()
+    answers: list[tuple[int, dict[str, Any]]] = []
+    books = QuotaLedger(
+        later=lambda action: timers.schedule(0, action),
+        answer=lambda connection, reply: answers.append((connection, reply)),
+    )
+    books.join(1, "kim", QuotaLimits(files=1000), tmp_path)
+    books.handle(1, ipc.QuotaRequest(bytes=0, files=1))
+
+    timers.run_due()
+    after_one_turn = books.users["kim"].walk is not None
+    turns = 1
+    while books.users["kim"].walk is not None and turns < 1000:
+        timers.run_due()
+        turns += 1
+
+    assert after_one_turn and turns > 3
+    assert answers == [(1, {"type": "quota_reply", "ok": True, "bytes": 0})]
+    assert books.users["kim"].used.files == used.files + 1
 
 
 def test_sizes_read_like_ls_h() -> None:

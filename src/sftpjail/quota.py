@@ -35,7 +35,9 @@ that are limited, so an unlimited one costs no messages.
 Known inexactness, corrected at the next login without other sessions:
 two sessions of one user growing the same file at the same moment may
 both be charged, a hard link whose other name lies outside the home is
-never freed, and the pool of a worker that crashed stays counted.
+never freed, the pool of a worker that crashed stays counted, and a
+directory that another session of the user moves, while the home is
+measured, from a part not yet walked into one already walked is missed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +127,11 @@ def measure_home(
 # How many entries a walk takes in one step: a few milliseconds of the
 # supervisor's loop, which serves other connections between steps.
 ENTRIES_PER_STEP = 2_000
+
+# Homes measured at the same time; the others wait their turn.  A walk
+# holds a descriptor per directory level (up to MAX_MEASURED_DEPTH), so
+# this bounds what walks take of the supervisor's descriptors.
+MAX_WALKS_AT_ONCE = 2
 
 
 @dataclass
@@ -217,17 +225,27 @@ class HomeWalk:
                 self.entries += 1
                 if self.entries > self.max_entries:
                     return False
-                info = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(info.st_mode):
-                    directory.subdirectories.append(entry.name)
-                elif stat.S_ISREG(info.st_mode):
-                    self._count(info)
+                self._look_at(directory, entry)
                 if self.entries >= stop_at:
                     return True
         except OSError as error:
+            # The rest of the directory goes uncounted: say the count is short.
             logger.warning("Could not read a directory while measuring: %s", error)
+            self.stopped = True
         self._finish_reading(directory)
         return True
+
+    def _look_at(self, directory: _Directory, entry: os.DirEntry[str]) -> None:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            # Removed since the directory was read (the user's sessions go
+            # on while the walk runs): nothing left to count.
+            return
+        if stat.S_ISDIR(info.st_mode):
+            directory.subdirectories.append(entry.name)
+        elif stat.S_ISREG(info.st_mode):
+            self._count(info)
 
     def _count(self, info: os.stat_result) -> None:
         if info.st_nlink > 1:
@@ -309,8 +327,9 @@ class QuotaLedger:
     Given `later` and `answer`, the ledger measures a home one step per
     turn of the supervisor's loop, so a home of a million files holds up
     no other connection; the user's reservations wait for the measurement
-    and are answered through `answer`.  Without them (tests, tools), a
-    home is measured at once.
+    and are answered through `answer`.  At most `max_walks` homes are
+    measured at once, the others in the order their users logged in.
+    Without `later` and `answer` (tests, tools), a home is measured at once.
     """
 
     def __init__(
@@ -318,12 +337,18 @@ class QuotaLedger:
         max_entries: int = MAX_MEASURED_ENTRIES,
         later: Later | None = None,
         answer: Answer | None = None,
+        max_walks: int = MAX_WALKS_AT_ONCE,
     ) -> None:
+        # Reservations that wait for a walk need someone to answer them.
+        assert (later is None) == (answer is None), "give both later and answer"
         self.max_entries = max_entries
+        self.max_walks = max_walks
         self.users: dict[str, UserLedger] = {}
         self._user_of: dict[int, str] = {}
         self._later = later
         self._answer = answer
+        self._walking = 0
+        self._queued: deque[tuple[str, UserLedger]] = deque()
 
     def join(
         self, connection_id: int, user: str, limits: QuotaLimits, home: Path
@@ -336,6 +361,7 @@ class QuotaLedger:
         if ledger is None:
             ledger = self._open_books(user, limits, home)
             self.users[user] = ledger
+            self._start_walks()
         # The newest limits win, so a changed users file applies at once.
         ledger.limits = limits
         ledger.connections.add(connection_id)
@@ -349,6 +375,13 @@ class QuotaLedger:
             return
         ledger = self.users[user]
         ledger.connections.discard(connection_id)
+        # A reservation still waiting for the measurement has nobody to
+        # answer; granting it later would charge the user for nothing.
+        ledger.waiting = [
+            (waiting, request)
+            for waiting, request in ledger.waiting
+            if waiting != connection_id
+        ]
         if not ledger.connections:
             del self.users[user]
             if ledger.walk is not None:
@@ -388,31 +421,50 @@ class QuotaLedger:
         except OSError as error:
             _log_unmeasured(user, error)
             return ledger
-        self._later(lambda: self._walk_on(user, ledger))
+        self._queued.append((user, ledger))
         return ledger
+
+    def _start_walks(self) -> None:
+        """Start the walks that wait, as far as `max_walks` lets."""
+
+        while self._walking < self.max_walks and self._queued:
+            user, ledger = self._queued.popleft()
+            if self.users.get(user) is not ledger or ledger.walk is None:
+                continue  # the user left while the walk waited
+            self._walking += 1
+            self._step_later(user, ledger)
+
+    def _step_later(self, user: str, ledger: UserLedger) -> None:
+        assert self._later is not None
+        self._later(lambda: self._walk_on(user, ledger))
 
     def _walk_on(self, user: str, ledger: UserLedger) -> None:
         """Take one step of measuring `user`'s home; answer the waiting when done."""
 
         walk = ledger.walk
         if walk is None or self.users.get(user) is not ledger:
+            self._walk_ended()
             return
         try:
             if not walk.step(ENTRIES_PER_STEP):
-                assert self._later is not None
-                self._later(lambda: self._walk_on(user, ledger))
+                self._step_later(user, ledger)
                 return
         except OSError as error:
             _log_unmeasured(user, error)
         else:
             ledger.used = _measured(user, walk.measurement)
         ledger.walk = None
+        self._walk_ended()
 
         waiting, ledger.waiting = ledger.waiting, []
         for connection_id, request in waiting:
             reply = _apply(ledger, request)
             if reply is not None and self._answer is not None:
                 self._answer(connection_id, reply)
+
+    def _walk_ended(self) -> None:
+        self._walking -= 1
+        self._start_walks()
 
     def _measure(self, user: str, home: Path) -> Usage:
         try:
