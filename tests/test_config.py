@@ -98,6 +98,11 @@ def test_the_whole_config_can_come_from_the_environment() -> None:
         (MINIMAL + "[limits]\nmax_request_size = 100\n", "limits.max_request_size"),
         (MINIMAL + "[limits]\nidle_timeout = -1\n", "or 0 to turn it off"),
         (MINIMAL + "[limits]\nidle_timeout = nan\n", "limits.idle_timeout"),
+        (MINIMAL + "[limits]\nidle_timeout = 1e-9\n", "at least 4 seconds"),
+        (
+            MINIMAL + "[limits]\nmax_sessions = inf\n",
+            "limits.max_sessions must be a finite number",
+        ),
         (MINIMAL + "[limits]\nlogin_grace_time = inf\n", "finite number"),
         (MINIMAL + "[limits]\nmax_sesions = 5\n", "limits.max_sesions"),
         (MINIMAL + "[serve]\n", "[serve]"),

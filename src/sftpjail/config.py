@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sftpjail.errors import ConfigError
+from sftpjail.ipc import TRANSFER_REPORT_INTERVAL
 
 ENV_PREFIX = "SFTPJAIL_"
 
@@ -143,6 +144,8 @@ _LIMIT_KEYS: dict[str, type] = {
 }
 # Limits for which 0 means "no limit".
 _LIMITS_ZERO_TURNS_OFF = ("idle_timeout",)
+# Shorter idle timeouts would end sessions between two activity reports.
+MIN_IDLE_TIMEOUT = 2 * TRANSFER_REPORT_INTERVAL
 _DEFENSE_KEYS: dict[str, type] = {
     "enabled": bool,
     "max_failures": int,
@@ -349,6 +352,12 @@ def _limits(values: dict[str, Any]) -> Limits:
             )
 
     limits = dataclasses.replace(Limits(), **converted)
+    if 0 < limits.idle_timeout < MIN_IDLE_TIMEOUT:
+        raise ConfigError(
+            f"limits.idle_timeout must be 0 (never) or at least "
+            f"{MIN_IDLE_TIMEOUT:g} seconds: sessions report their activity "
+            f"every {TRANSFER_REPORT_INTERVAL:g} seconds"
+        )
     if not _MIN_REQUEST_SIZE <= limits.max_request_size <= _MAX_REQUEST_SIZE:
         raise ConfigError(
             f"limits.max_request_size must be between {_MIN_REQUEST_SIZE} "
@@ -420,6 +429,8 @@ def _number(
         raise ConfigError(f"{name} must be a number, not true/false")
     try:
         number = int(value) if kind is int else float(value)
+    except OverflowError:  # int(inf)
+        raise ConfigError(f"{name} must be a finite number, got {value!r}") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
     if kind is int and isinstance(value, float):

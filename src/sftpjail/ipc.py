@@ -32,6 +32,9 @@ MAX_QUOTA_DELTA = 2**62
 MAX_ALGORITHM_BYTES = 64
 # An SSH exchange hash is at most 64 bytes (SHA-512).
 MAX_SIGNED_BYTES = 64
+# How often, at most, a worker reports its transfer counters and activity:
+# the supervisor's idle timers can be no finer than this.
+TRANSFER_REPORT_INTERVAL = 2.0
 
 
 class ProtocolError(Exception):

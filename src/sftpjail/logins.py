@@ -113,6 +113,8 @@ class Logins:
         user, method = grant
         session.user = user_name
         session.logged_in_at = time.time()
+        # Idle time counts from the login, not from the connection.
+        session.last_active = time.monotonic()
 
         # Counted here, not per grant: a key is granted twice per login
         # (once when offered, once when signed).

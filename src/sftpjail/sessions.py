@@ -256,7 +256,6 @@ class Sessions(Mapping[int, Session]):
 
         if idle_timeout <= 0:
             return
-        session.last_active = time.monotonic()
         self._check_idle_after(idle_timeout, session.connection_id, idle_timeout)
 
     def _check_idle_after(

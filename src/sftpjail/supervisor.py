@@ -95,9 +95,10 @@ logger = logging.getLogger("sftpjail.supervisor")
 
 # On shutdown, a logged-in session without a request or byte moved for
 # this long is ended at once instead of at the end of the grace time.
-# Workers report activity every 2 seconds, so only a session whose client
-# has stalled this long mid-transfer could be taken for idle.
-SHUTDOWN_IDLE_SECONDS = 5.0
+# Workers report activity every ipc.TRANSFER_REPORT_INTERVAL (2 seconds),
+# so only a session whose client has stalled this long mid-transfer could
+# be taken for idle.
+SHUTDOWN_IDLE_SECONDS = 2.5 * ipc.TRANSFER_REPORT_INTERVAL
 
 
 class Supervisor:

@@ -94,8 +94,6 @@ SIGNATURE_ALGORITHMS = (
 MAX_CHANNELS_PER_CONNECTION = 10
 KEEPALIVE_INTERVAL = 30.0
 KEEPALIVE_COUNT_MAX = 3
-# How often, at most, a worker reports its transfer counters.
-TRANSFER_REPORT_INTERVAL = 2.0
 # How long a key exchange waits for the supervisor's host key signature.
 SIGN_TIMEOUT = 10.0
 
@@ -263,7 +261,7 @@ async def _report_transfers(server: SessionServer) -> None:
     """Report the session's counters while they change, at most every 2 s."""
 
     while True:
-        await asyncio.sleep(TRANSFER_REPORT_INTERVAL)
+        await asyncio.sleep(ipc.TRANSFER_REPORT_INTERVAL)
         server.report_transfers()
 
 
