@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from sftpjail.timers import Timers
 
 
@@ -82,3 +84,21 @@ def test_an_action_runs_once_its_delay_has_passed() -> None:
         time.sleep(timers.run_due())
 
     assert ran and ran[0] - scheduled >= 0.05
+
+
+def test_a_failing_action_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    timers = Timers()
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise RuntimeError("a mistake")
+
+    timers.schedule(0, fail)
+    timers.schedule(0, lambda: ran.append("after"))
+    timers.run_due()
+
+    assert ran == ["after"]
+    assert "A timed action failed" in caplog.text
+    assert "a mistake" in caplog.text

@@ -27,6 +27,8 @@ _LISTEN_BACKLOG = 128
 _DRAIN_BYTES = 4096
 _OVER_LIMIT_LINE = b"sftpjail: too many connections, try again later\r\n"
 TOO_MANY_CONNECTIONS = "too many connections"
+# The server could not open a session (out of descriptors or memory).
+OUT_OF_RESOURCES = "out of resources"
 
 
 def bind_listener(address: ListenAddress) -> socket.socket:

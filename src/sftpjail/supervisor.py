@@ -79,7 +79,12 @@ from sftpjail.control import (
 from sftpjail.defense import Defense, defense_from_settings
 from sftpjail.exchange import ExchangeListener
 from sftpjail.hostkeys import HostKeySigner, SigningRefusedError, load_host_keys
-from sftpjail.listeners import admission_refusal, bind_listener, refuse_connection
+from sftpjail.listeners import (
+    OUT_OF_RESOURCES,
+    admission_refusal,
+    bind_listener,
+    refuse_connection,
+)
 from sftpjail.logins import Logins, home_owner
 from sftpjail.metrics import Metrics, MetricsResponder
 from sftpjail.quota import QuotaLedger
@@ -375,7 +380,14 @@ class Supervisor:
             refuse_connection(connection, host, port, reason, self.metrics)
             return
 
-        session, theirs = self.sessions.open(host, port, self._on_worker_message)
+        try:
+            session, theirs = self.sessions.open(host, port, self._on_worker_message)
+        except OSError as error:
+            # Out of descriptors or memory: this client is turned away,
+            # the sessions already served go on.
+            logger.error("Could not open a session: %s", error.strerror)
+            refuse_connection(connection, host, port, OUT_OF_RESOURCES, self.metrics)
+            return
         audit(
             "connection.accepted",
             connection=session.connection_id,

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import Callable
 
 Action = Callable[[], None]
+
+logger = logging.getLogger("sftpjail.timers")
 
 # The loop wakes at least this often even with no timer due, so it notices
 # the shutdown deadline, which has no timer of its own.
@@ -52,5 +55,16 @@ class Timers:
             if order > scheduled_before:
                 return 0.0
             heapq.heappop(self._waiting)
-            action()
+            _run(action)
         return _LONGEST_WAIT
+
+
+def _run(action: Action) -> None:
+    """Run one action; a failure is logged, never the end of the loop."""
+
+    try:
+        action()
+    except Exception:
+        # A mistake in one action (a measurement, a probe of the store)
+        # must not end every session the supervisor serves.
+        logger.exception("A timed action failed; the server carries on.")

@@ -250,9 +250,13 @@ class ConnectProbe:
         try:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         except ProcessLookupError:
-            pass
-        _pid, status = os.waitpid(self.pid, 0)
-        os.close(self.pidfd)
+            pass  # it has exited already
+        try:
+            _pid, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            return False  # collected elsewhere: its outcome is lost
+        finally:
+            os.close(self.pidfd)
         return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
