@@ -165,15 +165,25 @@ def test_client_path_of_hides_the_home(
 
 
 def test_client_path_of_follows_a_home_moved_while_open(tmp_path: Path) -> None:
-    """The home's real path is kept between lookups; after the operator
-    moves the home, paths are still told relative to where it is now."""
+    """After the operator moves the home, paths are told relative to where
+    it is now, also when the move put it below a new directory at its old
+    place (where a kept old path would still match, with the wrong prefix)."""
 
     home = tmp_path / "home"
     (home / "dir").mkdir(parents=True)
     jail = Jail(home)
-    home.rename(tmp_path / "moved")
+    _client_path(jail, b"dir")  # looked up once before the moves
 
-    assert _client_path(jail, b"dir") == b"/dir"
+    home.rename(tmp_path / "moved")
+    moved_away = _client_path(jail, b"dir")
+    (tmp_path / "moved").rename(home)
+    _client_path(jail, b"dir")  # back where it was
+    home.rename(tmp_path / "moved")
+    home.mkdir()
+    (tmp_path / "moved").rename(home / "old")
+    moved_below = _client_path(jail, b"dir")
+
+    assert (moved_away, moved_below) == (b"/dir", b"/dir")
     assert jail.client_path_of(jail.root_fd) == b"/"
 
 

@@ -119,8 +119,6 @@ class Jail:
     def __init__(self, home: Path, *, use_openat2: bool | None = None) -> None:
         self.home = home
         self.root_fd = os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        # Where the home really is, kept: every open looks its path up.
-        self._real_home = _real_path(self.root_fd)
         if use_openat2 is None:
             use_openat2 = kernel_has_openat2()
         self.uses_openat2 = use_openat2
@@ -171,12 +169,10 @@ class Jail:
         path shown to the client.
         """
 
-        real = _real_path(fd)
-        inside = _below(real, self._real_home)
-        if inside is None:
-            # The home may have been moved since it was last looked up.
-            self._real_home = _real_path(self.root_fd)
-            inside = _below(real, self._real_home)
+        # The home's path is read each time, not kept: an operator may move
+        # a home while its user is logged in, and a kept path could then
+        # name another directory that took its place.
+        inside = _below(_real_path(fd), _real_path(self.root_fd))
         if inside is None:
             raise OSError(errno.ENOENT, "no such file")
         return inside
