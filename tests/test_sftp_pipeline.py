@@ -221,6 +221,45 @@ def test_read_replies_written_together_fill_whole_channel_packets(
     assert len(chunks) <= 9, [len(chunk) for chunk in chunks]
 
 
+def test_a_client_that_asks_and_does_not_read_is_not_buffered_for(
+    lab: ServerLab, blob: tuple[ClientKey, bytes]
+) -> None:
+    """96 MiB asked for while the client reads nothing: the worker holds a
+    few MiB beyond the channel window, then every reply arrives in order."""
+
+    key, content = blob
+    reads = 3000
+
+    async def run() -> tuple[int, list[tuple[int, int, bytes]]]:
+        async with raw_sftp(lab, "alice", key) as (channel, session):
+            handle = await _open_for_reading(channel, session, b"blob.bin")
+            worker = lab.wait_for_worker("alice")
+            before = _resident_bytes(worker)
+            channel.pause_reading()  # no window adjust goes back either
+            channel.write(
+                b"".join(_read(100 + i, handle, 0, CHUNK) for i in range(reads))
+            )
+            await asyncio.sleep(2)
+            grown = _resident_bytes(worker) - before
+            channel.resume_reading()
+            return grown, await session.replies(reads)
+
+    grown, replies = asyncio.run(run())
+
+    assert grown < 32 * 1024 * 1024, grown
+    assert [request_id for _type, request_id, _rest in replies] == [
+        100 + i for i in range(reads)
+    ]
+    assert all(_data(rest) == content[:CHUNK] for _type, _id, rest in replies)
+
+
+def _resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def test_a_request_split_across_writes_is_answered_once_whole(
     lab: ServerLab, blob: tuple[ClientKey, bytes]
 ) -> None:

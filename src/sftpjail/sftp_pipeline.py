@@ -26,7 +26,9 @@ Requests are still answered one after the other, in the order they
 arrived, so the server code keeps the guarantee it relies on (nothing
 else runs between the parts of a request that do not wait).  Replies
 wait only until the requests that arrived with them are answered; a
-batch that grows past `FLUSH_BYTES` is written at once.
+batch that grows past `FLUSH_BYTES` is written at once.  Replies beyond
+the client's channel window wait in the channel, and once
+`BACKLOG_BYTES` of them wait, answering waits too.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ READ_BYTES = 2 * 1024 * 1024
 # Write the replies gathered so far once they reach this size, so a batch
 # of large read replies does not wait for the last of them.
 FLUSH_BYTES = 512 * 1024
+
+# Replies the client's channel window has no room for wait in the channel.
+# Past this much, no further request is answered until the client takes
+# some: a client that asks and never reads cannot make the worker hold
+# every reply (a batch of 2 MiB of read requests asks for gigabytes).
+BACKLOG_BYTES = 4 * 1024 * 1024
 
 # The length prefix of an SFTP packet.
 _LENGTH_BYTES = 4
@@ -139,6 +147,7 @@ class PipelinedSFTPHandler(SFTPServerHandler):
         # connection drops, which can happen while a batch waits.
         assert self._writer is not None
         self._connection = self._writer.channel.get_connection()
+        self._writer.channel.set_write_buffer_limits(high=BACKLOG_BYTES)
         self._replies: list[bytes] = []
         self._reply_bytes = 0
         self._batching = False
@@ -195,6 +204,9 @@ class PipelinedSFTPHandler(SFTPServerHandler):
         try:
             for request in _complete_packets(received):
                 await self._answer(request)
+                if self._writer:
+                    # At once, unless the backlog is over BACKLOG_BYTES.
+                    await self._writer.drain()
         finally:
             self._batching = False
             self._flush_replies()

@@ -671,8 +671,9 @@ def hand_over(channel: SSHChannel[Any], data: bytearray) -> None:
 
     if channel._send_state != "open":
         raise BrokenPipeError("Channel not open for sending")
-    if channel._encoding or not data:
-        channel.write(bytes(data))
+    # SFTP channels carry bytes: asyncssh gives them no encoding.
+    assert not channel._encoding
+    if not data:
         return
     channel._send_buf.append((data, None))
     channel._send_buf_len += len(data)
