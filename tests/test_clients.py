@@ -117,7 +117,7 @@ def test_paramiko(round_: Round) -> None:
     )
     try:
         sftp = client.open_sftp()
-        sftp.get_channel().settimeout(CLIENT_TIMEOUT)
+        _bound_waits(sftp)
         sftp.mkdir("inbox")
         sftp.put(str(round_.original), "inbox/upload.bin")
         listed = {entry.filename: entry.st_size for entry in sftp.listdir_attr("inbox")}
@@ -200,6 +200,14 @@ def test_a_client_of_unknown_symlink_order_is_told_by_what_exists(
     assert sorted(os.listdir(round_.home / "inbox")) == ["current", "data.csv"]
 
 
+def _bound_waits(sftp: paramiko.SFTPClient) -> None:
+    """Make every paramiko SFTP call give up after CLIENT_TIMEOUT."""
+
+    channel = sftp.get_channel()
+    assert channel is not None
+    channel.settimeout(CLIENT_TIMEOUT)
+
+
 def _paramiko_sftp(
     round_: Round, version: str | None = None
 ) -> tuple[paramiko.SFTPClient, paramiko.Transport]:
@@ -212,7 +220,7 @@ def _paramiko_sftp(
         transport.connect(username="alice", password=PASSWORD)
         sftp = paramiko.SFTPClient.from_transport(transport)
         assert sftp is not None
-        sftp.get_channel().settimeout(CLIENT_TIMEOUT)
+        _bound_waits(sftp)
     except BaseException:
         transport.close()
         raise
