@@ -21,7 +21,7 @@ from types import FrameType
 from bench import runner
 from bench.metrics import MIB
 from bench.settings import FULL, QUICK, SCENARIOS, Settings
-from bench.workspace import DEFAULT_PARENT
+from bench.workspace import DEFAULT_PARENT, WorkspaceError
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPOSITORY / "bench" / "results"
@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         document = runner.run(settings, output)
+    except WorkspaceError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("bench: interrupted; servers stopped, files removed", file=sys.stderr)
         sys.exit(130)

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 
 from bench.client import SftpSession, Target, log_in_once, sessions
 from bench.context import LOGIN_TIMEOUT
@@ -34,7 +35,7 @@ from bench.jailserver import SftpjailServer, export_revision
 from bench.metrics import MIB
 from bench.servers import WORK_DIR
 from bench.settings import AES_GCM, CHACHA20
-from bench.workspace import Workspace
+from bench.workspace import DEFAULT_PARENT, Workspace, WorkspaceError
 
 WORKLOADS = ("upload", "download", "small-files", "listing", "logins")
 PY_SPY_START_SECONDS = 1.0
@@ -66,12 +67,18 @@ def main(argv: list[str] | None = None) -> None:
     """Profile one workload and print the summary."""
 
     arguments = _parse(argv)
+    _py_spy()  # missing: say so before anything is started
     output_dir: Path = arguments.out
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = f"profile-{arguments.workload}-{time.strftime('%H%M%S')}"
     raw = output_dir / f"{stem}.txt"
 
-    workspace = Workspace(arguments.workspace) if arguments.workspace else Workspace()
+    # SIGTERM unwinds like Ctrl-C, so the server and the files go too.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        workspace = Workspace(arguments.workspace or DEFAULT_PARENT)
+    except WorkspaceError as error:
+        raise SystemExit(f"bench.profile: {error}") from None
     server: SftpjailServer | None = None
     try:
         source = arguments.sftpjail_source
@@ -96,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     text = f"{arguments.workload}: {seconds:.2f} s under the profiler\n{summary}"
     raw.with_suffix(".summary.txt").write_text(text)
     print(text)
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

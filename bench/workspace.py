@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -30,12 +31,19 @@ class Payload:
     sha256: str
 
 
+class WorkspaceError(Exception):
+    """The directory asked for cannot hold a run's files."""
+
+
 class Workspace:
     """One run's directory tree."""
 
     def __init__(self, parent: Path = DEFAULT_PARENT) -> None:
-        parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        parent.chmod(0o755)
+        self.created_parent = not parent.exists()
+        if self.created_parent:
+            parent.mkdir(mode=0o755, parents=True)
+        else:
+            _check_parent(parent)
         self.parent = parent
         self.root = Path(tempfile.mkdtemp(prefix="run-", dir=parent))
         self.root.chmod(0o755)
@@ -93,10 +101,30 @@ class Workspace:
         """Remove the run's directory, and the parent if it is now empty."""
 
         shutil.rmtree(self.root, ignore_errors=True)
+        if not self.created_parent:
+            return
         try:
             self.parent.rmdir()
         except OSError:
-            pass
+            pass  # something else is in it now
+
+
+def _check_parent(parent: Path) -> None:
+    """Refuse a directory sshd's ChrootDirectory would refuse; change none.
+
+    A shared directory such as /dev/shm (mode 1777) is refused rather than
+    made private: other users of the machine rely on its mode.
+    """
+
+    info = parent.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise WorkspaceError(f"{parent} is not a directory")
+    if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise WorkspaceError(
+            f"{parent} must be owned by root and writable by root only, as "
+            "sshd's ChrootDirectory demands; make a directory of mode 755 in "
+            "it and pass that"
+        )
 
 
 def sha256_of(path: Path) -> str:

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -147,10 +148,15 @@ def test_an_interrupted_run_leaves_no_server_and_no_files(tmp_path: Path) -> Non
     assert process.stderr is not None
 
     # Interrupt once both servers run and the idle sessions are being opened.
-    deadline = time.monotonic() + RUN_TIMEOUT
-    for line in process.stderr:
-        if "Scenario idle." in line or time.monotonic() > deadline:
-            break
+    # A run that hangs without a word is killed, which ends its stderr.
+    watchdog = threading.Timer(RUN_TIMEOUT, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stderr:
+            if "Scenario idle." in line:
+                break
+    finally:
+        watchdog.cancel()
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     try:
@@ -187,3 +193,24 @@ def test_bench_packets_times_both_sides_of_every_cipher() -> None:
     ]
     assert names == expected * 2
     assert all(float(micros) > 0 for _name, micros in rows)
+
+
+def test_a_shared_directory_is_refused_as_workspace_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+
+    completed = subprocess.run(
+        bench_command(shared, tmp_path / "results", "--only=logins"),
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+    assert completed.returncode == 2, completed.stderr[-4000:]
+    assert "writable by root only" in completed.stderr
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert list(shared.iterdir()) == []
