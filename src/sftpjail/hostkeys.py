@@ -7,9 +7,11 @@ atomically and with mode 0600, and every later start reads the same files.
 Only the supervisor holds the private halves.  A worker, which talks to
 the network and may be taken over, gets the public halves as
 `DelegatedHostKey`s, which ask the supervisor for each signature of a key
-exchange; `HostKeySigner` answers, signing nothing but exchange hashes.
-As with OpenSSH's privilege separation, a worker taken over can have
-signatures made while it runs, but cannot take a key away with it.
+exchange; `HostKeySigner` answers, signing only values of an exchange
+hash's size (32, 48 or 64 bytes): it cannot tell a real exchange hash
+from any other value of that size.  As with OpenSSH's privilege
+separation, a worker taken over can have signatures made while it runs,
+but cannot take a key away with it.
 """
 
 from __future__ import annotations

@@ -339,8 +339,11 @@ class AeadEncryption(Encryption):
         """Encrypt and authenticate a packet: the pieces to send, in order.
 
         Sent one after the other, the pieces are the packet on the wire
-        (length, encrypted packet, tag); they are left apart because the
-        Outbox joins a turn's pieces anyway.
+        (for ChaCha20-Poly1305 the encrypted length, the encrypted packet
+        and the tag; for AES-GCM the plain length, then the encrypted
+        packet and tag in one); they are left apart because the Outbox
+        joins a turn's pieces anyway.  The last piece is what asyncssh
+        calls the MAC.
         """
 
         raise NotImplementedError
