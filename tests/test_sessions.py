@@ -107,7 +107,7 @@ def test_a_reply_reaches_the_worker_and_clears_the_pending_flag(table: Table) ->
     session, theirs = table.sessions.open("127.0.0.1", 50002, lambda _s: None)
     session.pending_reply = True
 
-    table.sessions.reply(session, {"type": "auth_reply", "ok": False})
+    table.sessions.answer_login(session, {"type": "auth_reply", "ok": False})
 
     assert ipc.decode(theirs.recv(ipc.MAX_MESSAGE_BYTES))["type"] == "auth_reply"
     assert session.pending_reply is False
@@ -118,7 +118,7 @@ def test_a_reply_to_a_gone_worker_forgets_the_session(table: Table) -> None:
     session, theirs = table.sessions.open("127.0.0.1", 50003, lambda _s: None)
     theirs.close()
 
-    table.sessions.reply(session, {"type": "auth_reply", "ok": False})
+    table.sessions.answer_login(session, {"type": "auth_reply", "ok": False})
 
     assert table.forgotten == [(session.connection_id, "closed", False)]
 

@@ -98,7 +98,7 @@ class Logins:
             home = self._prepare_home(request, user)
             if home is not None:
                 session.granted[user.name] = (user, request.method)
-                self.sessions.reply(session, grant_reply(home, user))
+                self.sessions.answer_login(session, grant_reply(home, user))
                 return
             reason = HOME_UNAVAILABLE
 
@@ -202,7 +202,7 @@ class Logins:
         reply = refusal_reply(disconnect=exhausted)
         delay = failure_delay(request.method, session.failures, limits)
         session.pending_reply = True
-        self.timers.schedule(delay, lambda: self.sessions.reply(session, reply))
+        self.timers.schedule(delay, lambda: self.sessions.answer_login(session, reply))
 
     def _score_failure(self, session: Session, request: ipc.AuthRequest) -> Ban | None:
         """Tell the defence about a password failure; remember a key's."""

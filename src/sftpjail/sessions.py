@@ -173,17 +173,17 @@ class Sessions(Mapping[int, Session]):
 
         return sum(1 for session in self._open.values() if session.user is not None)
 
-    def reply(self, session: Session, message: dict[str, object]) -> None:
-        """Answer a session's worker's login request; see `answer`."""
+    def answer_login(self, session: Session, message: dict[str, object]) -> None:
+        """Answer a session's worker's login request; see `send`."""
 
         session.pending_reply = False
-        self.answer(session, message)
+        self.send(session, message)
 
-    def answer(self, session: Session, message: dict[str, object]) -> None:
+    def send(self, session: Session, message: dict[str, object]) -> None:
         """Send to a session's worker; forget the session if its link is gone.
 
-        Unlike `reply`, this leaves a login answer that is still due (a
-        refusal waiting out its delay) due.
+        Unlike `answer_login`, this leaves a login answer that is still due
+        (a refusal waiting out its delay) due.
         """
 
         if session.connection_id not in self._open:

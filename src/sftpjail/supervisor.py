@@ -489,23 +489,23 @@ class Supervisor:
                 session.connection_id,
                 error,
             )
-            self.sessions.answer(session, {"type": "signature", "error": str(error)})
+            self.sessions.send(session, {"type": "signature", "error": str(error)})
             return
         session.signatures += 1
         reply: dict[str, object] = {
             "type": "signature",
             "signature": ipc.to_base64(signature),
         }
-        self.sessions.answer(session, reply)
+        self.sessions.send(session, reply)
 
     def _answer_quota(self, session: Session, request: ipc.QuotaRequest) -> None:
         reply = self.quotas.handle(session.connection_id, request)
         if reply is not None:
-            self.sessions.answer(session, reply)
+            self.sessions.send(session, reply)
 
     def _answer_quota_later(self, connection_id: int, reply: dict[str, object]) -> None:
         if connection_id in self.sessions:
-            self.sessions.answer(self.sessions[connection_id], reply)
+            self.sessions.send(self.sessions[connection_id], reply)
 
     def _later(self, action: Callable[[], None]) -> None:
         """Run `action` at the next turn of the loop, after what is ready now."""
