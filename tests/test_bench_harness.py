@@ -214,3 +214,34 @@ def test_a_shared_directory_is_refused_as_workspace_and_left_as_it_was(
     assert "writable by root only" in completed.stderr
     assert shared.stat().st_mode & 0o7777 == 0o1777
     assert list(shared.iterdir()) == []
+
+
+def test_bench_floor_measures_three_servers_and_leaves_nothing() -> None:
+    """`python -m bench.floor`: OpenSSH, plain asyncssh and sftpjail, each
+    with a rate for both scenarios and a ratio to OpenSSH."""
+
+    workspace = WORKSPACES / f"test-{uuid.uuid4().hex[:8]}"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.floor",
+            "--files=20",
+            "--entries=50",
+            "--runs=1",
+            f"--workspace={workspace}",
+        ],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    header, _rule, *rows = completed.stdout.strip().splitlines()
+    assert "| openssh | asyncssh | sftpjail |" in header
+    rates = {row.split("|")[1].strip(): row.split("|")[3:6] for row in rows}
+    for title in ("Upload 20 files of 4 KiB", "ls -l of 50 entries"):
+        assert all(float(value) > 0 for value in rates[title]), rates
+    assert not workspace.exists()
+    assert processes_mentioning(str(workspace)) == []
