@@ -173,22 +173,32 @@ class DatabaseLink:
             self._disconnected(DatabaseUnavailableError(f"cannot try it: {error}"))
             return
         self._probe = probe
-        self.selector.register(probe.pidfd, selectors.EVENT_READ, self._probe_ended)
-        self.schedule(PROBE_TIMEOUT, lambda: self._probe_ended(timed_out=probe))
+        self.selector.register(probe.pidfd, selectors.EVENT_READ, self._probe_exited)
+        self.schedule(PROBE_TIMEOUT, lambda: self._probe_expired(probe))
 
-    def _probe_ended(self, timed_out: ConnectProbe | None = None) -> None:
+    def _probe_exited(self) -> None:
+        """The probe's child ended on its own: connect if it got through."""
+
+        self._end_probe("the attempt failed")
+
+    def _probe_expired(self, probe: ConnectProbe) -> None:
+        """PROBE_TIMEOUT has passed since `probe` started."""
+
+        if probe is self._probe:  # else it ended already
+            self._end_probe("no answer")
+
+    def _end_probe(self, failure: str) -> None:
         probe = self._probe
-        if probe is None or (timed_out is not None and timed_out is not probe):
-            return  # the timer of a probe that already ended
+        if probe is None:
+            return
         self._probe = None
         self.selector.unregister(probe.pidfd)
         answered = probe.finish()
         if self._closed:
             return
         if not answered:
-            reason = "no answer" if timed_out else "the attempt failed"
             self.shared.attempt_failed()
-            self._disconnected(DatabaseUnavailableError(reason))
+            self._disconnected(DatabaseUnavailableError(failure))
             return
         self._reconnect()
 
