@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import procfs
 from bench.servers import BENCH_USER
 
 MARKER_COMMAND = "pwd"
@@ -109,6 +110,12 @@ class SftpSession:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._write(MARKER_COMMAND)
+
+    def cpu_seconds(self) -> float:
+        """All CPU this client (`sftp` and its `ssh`) has used so far."""
+
+        assert self._process is not None, "the session is not open"
+        return procfs.tree_cpu_seconds(self._process.pid)
 
     def wait_logged_in(self, timeout: float) -> float:
         """Seconds from starting sftp to its first answer."""
