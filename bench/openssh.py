@@ -16,8 +16,7 @@ from pathlib import Path
 
 from bench.servers import (
     BENCH_USER,
-    WORK_DIR,
-    BenchServer,
+    ChrootedServer,
     ServerError,
     ensure_system_user,
     make_work_dir,
@@ -30,18 +29,10 @@ PRIVILEGE_SEPARATION_DIR = Path("/run/sshd")
 MAX_STARTUPS = 1000
 
 
-class OpenSSHServer(BenchServer):
+class OpenSSHServer(ChrootedServer):
     """sshd -D on 127.0.0.1 with its own host key and configuration."""
 
     name = "openssh"
-
-    @property
-    def chroot(self) -> Path:
-        return self.root / "chroot"
-
-    @property
-    def work_dir(self) -> Path:
-        return self.chroot / WORK_DIR
 
     @property
     def config_path(self) -> Path:

@@ -28,8 +28,7 @@ import asyncssh
 
 from bench.servers import (
     BENCH_USER,
-    WORK_DIR,
-    BenchServer,
+    ChrootedServer,
     ensure_system_user,
     make_work_dir,
 )
@@ -38,18 +37,10 @@ READY_LINE = "asyncssh reference server listening"
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-class AsyncsshReference(BenchServer):
+class AsyncsshReference(ChrootedServer):
     """`python -m bench.reference` on 127.0.0.1, its root below the run's."""
 
     name = "asyncssh"
-
-    @property
-    def chroot(self) -> Path:
-        return self.root / "chroot"
-
-    @property
-    def work_dir(self) -> Path:
-        return self.chroot / WORK_DIR
 
     @property
     def ready_line(self) -> str:

@@ -174,6 +174,18 @@ class BenchServer(ABC):
             return ""
 
 
+class ChrootedServer(BenchServer):
+    """A server that shows the client `chroot/` as `/`."""
+
+    @property
+    def chroot(self) -> Path:
+        return self.root / "chroot"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.chroot / WORK_DIR
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
 
