@@ -714,6 +714,75 @@ def test_connections_per_source_are_capped(lab: ServerLab) -> None:
     assert lab.process is not None and lab.process.poll() is None
 
 
+def test_running_out_of_descriptors_turns_clients_away_not_the_server(
+    lab: ServerLab,
+) -> None:
+    """With no descriptor left, accepting pauses (no spinning on the
+    listener); with one left, the client is refused; with room again, the
+    connection that waited in the backlog is served."""
+
+    alice = lab.add_user("alice")
+    lab.start()
+    assert lab.process is not None
+    supervisor = lab.process.pid
+    in_use = len(os.listdir(f"/proc/{supervisor}/fd"))
+    usual = _descriptor_limit(supervisor)
+
+    _limit_descriptors(supervisor, in_use + 1)  # room for accept() only
+    refused = lab.sftp("alice", "pwd\n", key=alice, timeout=30)
+    _limit_descriptors(supervisor, in_use)  # not even for accept()
+    waiting = subprocess.Popen(
+        [
+            "sftp",
+            "-b",
+            "-",
+            *lab.ssh_options(alice),
+            "-P",
+            str(lab.port),
+            "alice@127.0.0.1",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        lab.wait_for_log("Cannot accept connections", 15)
+        cpu_before = _cpu_seconds(supervisor)
+        time.sleep(2)
+        cpu_while_full = _cpu_seconds(supervisor) - cpu_before
+        _limit_descriptors(supervisor, usual)
+        output, _errors = waiting.communicate(b"pwd\n", timeout=60)
+    finally:
+        waiting.kill()
+        waiting.wait()
+
+    assert refused.returncode != 0
+    reasons = [event["reason"] for event in lab.audit_events("connection.refused")]
+    assert reasons == ["out of resources"]
+    assert cpu_while_full < 0.5  # paused, not spinning on the listener
+    assert waiting.returncode == 0
+    assert b"Remote working directory: /" in output
+    assert lab.process.poll() is None
+
+
+def _limit_descriptors(pid: int, count: int) -> None:
+    """Set the soft limit only: raising it again needs no privilege."""
+
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={count}:"], check=True)
+
+
+def _descriptor_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError(f"no open-files limit for {pid}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_handle_and_request_size_limits(lab: ServerLab) -> None:
     lab.write_config(limits="max_open_handles = 4\nmax_request_size = 65536")
     alice = lab.add_user("alice")

@@ -58,6 +58,7 @@ Around that core, all in the same loop:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -105,6 +106,11 @@ logger = logging.getLogger("sftpjail.supervisor")
 # be taken for idle.
 SHUTDOWN_IDLE_SECONDS = 2.5 * ipc.TRANSFER_REPORT_INTERVAL
 
+# accept() errors that say the server, not the client, ran out of something;
+# accepting pauses this long instead of spinning on the listener.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE_SECONDS = 0.5
+
 
 class Supervisor:
     """Accepts connections, hands them to workers and answers their questions."""
@@ -114,6 +120,8 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.timers = Timers()
         self.listeners: list[socket.socket] = []
+        # False while accepting pauses for want of descriptors or memory.
+        self._accepting = True
         self.should_exit = False
         self.shutdown_deadline: float | None = None
         self.started_at = time.time()
@@ -274,8 +282,8 @@ class Supervisor:
         )
         self.should_exit = True
         self.shutdown_deadline = time.monotonic() + grace
+        self._stop_accepting()
         for listener in self.listeners:
-            self.selector.unregister(listener)
             listener.close()
         self.listeners.clear()
         self.timers.schedule(grace, self._end_remaining_sessions)
@@ -367,9 +375,41 @@ class Supervisor:
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as error:
+                if error.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting(error)
+                    return
                 logger.warning("Accepting a connection failed: %s", error.strerror)
                 continue
             self._admit(connection, address[0], address[1])
+
+    def _pause_accepting(self, error: OSError) -> None:
+        """Leave waiting connections in the backlog for a moment.
+
+        The listener stays readable while accept() fails for want of a
+        descriptor, so the loop would otherwise spin on it; sessions that
+        end meanwhile give their descriptors back.
+        """
+
+        logger.error(
+            "Cannot accept connections: %s; trying again in %g seconds.",
+            error.strerror,
+            ACCEPT_PAUSE_SECONDS,
+        )
+        self._stop_accepting()
+        self.timers.schedule(ACCEPT_PAUSE_SECONDS, self._resume_accepting)
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            for listener in self.listeners:
+                self.selector.unregister(listener)
+            self._accepting = False
+
+    def _resume_accepting(self) -> None:
+        if self._accepting or self.should_exit:
+            return
+        for listener in self.listeners:
+            self.selector.register(listener, selectors.EVENT_READ, self._accept)
+        self._accepting = True
 
     def _admit(self, connection: socket.socket, host: str, port: int) -> None:
         """Open a session for a new connection and ask for its worker."""
