@@ -11,6 +11,7 @@ import os
 import selectors
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +168,72 @@ def test_sessions_are_found_by_address_and_counted_once_logged_in(
     assert table.sessions[second.connection_id] is second
     first_end.close()
     second_end.close()
+
+
+class Clock:
+    """time.monotonic for the session table and its timers, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    made = Clock()
+    monkeypatch.setattr("time.monotonic", made)
+    return made
+
+
+def _logged_in(table: Table, port: int, user: str = "alice") -> Session:
+    session, theirs = table.sessions.open("127.0.0.1", port, lambda _s: None)
+    theirs.close()
+    session.user = user
+    session.last_active = time.monotonic()
+    return session
+
+
+def test_activity_pushes_the_idle_timeout_back(table: Table, clock: Clock) -> None:
+    session = _logged_in(table, 50010)
+    table.sessions.enforce_idle_timeout(session, 10)
+
+    clock.now += 6
+    session.take_transfer(ipc.TransferNotice(0, 0, {}, client_packets=3))
+    clock.now += 5  # 11 s after login, 5 s after the last packet
+    table.timers.run_due()
+    ending_while_active = session.ending
+    clock.now += 5  # 10 s after the last packet
+    table.timers.run_due()
+
+    assert ending_while_active is None
+    assert session.ending == "idle for 10 seconds"
+
+
+def test_counters_that_did_not_grow_are_no_activity(table: Table, clock: Clock) -> None:
+    session = _logged_in(table, 50011)
+    session.take_transfer(ipc.TransferNotice(5, 0, {}, client_packets=2))
+    since = session.last_active
+
+    clock.now += 30
+    session.take_transfer(ipc.TransferNotice(5, 0, {}, client_packets=2))
+
+    assert session.last_active == since
+
+
+def test_end_idle_ends_only_logged_in_sessions_idle_that_long(
+    table: Table, clock: Clock
+) -> None:
+    idle = _logged_in(table, 50012)
+    clock.now += 10
+    busy = _logged_in(table, 50013, "bob")
+    not_logged_in, theirs = table.sessions.open("127.0.0.1", 50014, lambda _s: None)
+    theirs.close()
+    clock.now += 4
+
+    ended = table.sessions.end_idle(5, "server shutting down")
+
+    assert ended == 1
+    assert idle.ending == "server shutting down"
+    assert (busy.ending, not_logged_in.ending) == (None, None)
