@@ -1,23 +1,45 @@
 #!/usr/bin/env bash
-# Installs everything sftpjail and its tests need on a Debian 12 machine:
-# the Debian packages below and a virtual environment in .venv holding the
-# package itself (editable) with its test tools.  Safe to run again.
+# Installs what sftpjail needs on a Debian 12 machine: Debian packages and
+# a virtual environment in .venv holding the package itself (editable).
+# Safe to run again.
+#
+#   scripts/setup.sh        for the tests and tools as well (scripts/test.sh)
+#   scripts/setup.sh run    for running the server only (scripts/demo.sh):
+#                           no daemon is installed or started on the side
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages, one reason each:
-#   openssh-client   the real sftp/ssh/scp clients the tests drive
+purpose=${1:-test}
+
+# Debian packages, one reason each.  To run the server:
+#   libseccomp2      the filter compiler behind the seccomp layer
+#   python3-venv     the virtual environment
+#   openssh-client   sftp, to connect to it
+RUN_PACKAGES=(libseccomp2 python3-venv openssh-client)
+# For the tests and tools as well:
 #   openssh-server   sshd, the baseline the benchmark compares against
 #   nftables iptables conntrack   the host firewall backends and flushing
 #   iproute2         ip netns and veth for the network lab
-#   libseccomp2      the filter compiler behind the seccomp layer
-#   python3-venv     the virtual environment
 #   postgresql       the shared store of replicas; tests start throwaway clusters
 #   debootstrap      the Debian base image scripts/build-image.sh makes without a registry
-APT_PACKAGES=(
-  openssh-client openssh-server nftables iptables conntrack iproute2
-  libseccomp2 python3-venv postgresql debootstrap
+TEST_PACKAGES=(
+  openssh-server nftables iptables conntrack iproute2 postgresql debootstrap
 )
+
+case $purpose in
+  run)
+    APT_PACKAGES=("${RUN_PACKAGES[@]}")
+    python_package="."
+    ;;
+  test)
+    APT_PACKAGES=("${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}")
+    python_package=".[test]"
+    ;;
+  *)
+    echo "usage: scripts/setup.sh [run|test]" >&2
+    exit 2
+    ;;
+esac
 
 # EXTRA_APT_PACKAGES, space-separated, adds more (scripts/test.sh does).
 read -r -a extra_packages <<< "${EXTRA_APT_PACKAGES:-}"
@@ -61,4 +83,4 @@ quiet_pip() {
   .venv/bin/python -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 quiet_pip install -q --upgrade pip
-quiet_pip install -q -e ".[test]"
+quiet_pip install -q -e "$python_package"
