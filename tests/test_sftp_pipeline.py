@@ -253,6 +253,49 @@ def test_a_client_that_asks_and_does_not_read_is_not_buffered_for(
     assert all(_data(rest) == content[:CHUNK] for _type, _id, rest in replies)
 
 
+def test_a_client_that_opens_its_window_and_stops_reading_is_not_buffered_for(
+    lab: ServerLab, blob: tuple[ClientKey, bytes]
+) -> None:
+    """The same 96 MiB, with a channel window that admits all of it and
+    the client's socket left unread: the worker stops at a full socket."""
+
+    key, content = blob
+    reads = 3000
+
+    async def run() -> tuple[int, list[tuple[int, int, bytes]]]:
+        async with _connect(lab, "alice", key) as connection:
+            channel, base_session = await connection.create_session(
+                RawSftp, subsystem="sftp", encoding=None, window=1 << 30
+            )
+            session = cast(RawSftp, base_session)
+            channel.write(struct.pack(">IBI", 5, FXP_INIT, 3))
+            # The version reply's "request id" is the version itself.
+            [(version, _version_number, _rest)] = await session.replies(1)
+            assert version == FXP_VERSION
+            handle = await _open_for_reading(channel, session, b"blob.bin")
+            worker = lab.wait_for_worker("alice")
+            before = _resident_bytes(worker)
+            # asyncssh's transport: the client stops reading its socket.
+            transport = connection._transport
+            assert transport is not None
+            transport.pause_reading()
+            channel.write(
+                b"".join(_read(100 + i, handle, 0, CHUNK) for i in range(reads))
+            )
+            await asyncio.sleep(2)
+            grown = _resident_bytes(worker) - before
+            transport.resume_reading()
+            return grown, await session.replies(reads)
+
+    grown, replies = asyncio.run(run())
+
+    assert grown < 32 * 1024 * 1024, grown
+    assert [request_id for _type, request_id, _rest in replies] == [
+        100 + i for i in range(reads)
+    ]
+    assert all(_data(rest) == content[:CHUNK] for _type, _id, rest in replies)
+
+
 def _resident_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -28,11 +28,14 @@ else runs between the parts of a request that do not wait).  Replies
 wait only until the requests that arrived with them are answered; a
 batch that grows past `FLUSH_BYTES` is written at once.  Replies beyond
 the client's channel window wait in the channel, and once
-`BACKLOG_BYTES` of them wait, answering waits too.
+`BACKLOG_BYTES` of them wait, answering waits too; so it does while the
+client's socket is full and the transport has to hold what it cannot
+send.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import struct
@@ -105,6 +108,12 @@ def _write_copy(channel: Any, data: bytearray) -> None:
     channel.write(bytes(data))
 
 
+def _never_full(connection: object) -> asyncio.Future[None] | None:
+    """Without the transport's help, a full socket goes unnoticed."""
+
+    return None
+
+
 # Writes what a connection has queued for the socket at once; sessions
 # call it after a batch, when their replies are all queued.
 _send_queued: Callable[[object], None] = _send_nothing_early
@@ -112,10 +121,14 @@ _send_queued: Callable[[object], None] = _send_nothing_early
 # Writes a batch's replies, a bytearray nobody else holds, to a channel.
 _hand_over: Callable[[Any, bytearray], None] = _write_copy
 
+# While a connection's socket is full, a future done once it takes data.
+_socket_full: Callable[[object], asyncio.Future[None] | None] = _never_full
+
 
 def enable(
     send_queued: Callable[[object], None] = _send_nothing_early,
     hand_over: Callable[[Any, bytearray], None] = _write_copy,
+    socket_full: Callable[[object], asyncio.Future[None] | None] = _never_full,
 ) -> None:
     """Serve SFTP sessions with PipelinedSFTPHandler from now on.
 
@@ -124,12 +137,15 @@ def enable(
     replies to a batch leave as soon as the batch is answered.
     `hand_over(channel, data)` writes a batch's replies to the channel
     without copying them again (sftpjail.transport.hand_over).
+    `socket_full(connection)` is a future to wait for while the socket
+    holds all the client has not read (sftpjail.transport.socket_full).
     """
 
-    global _enabled, _send_queued, _hand_over
+    global _enabled, _send_queued, _hand_over, _socket_full
     _enabled = True
     _send_queued = send_queued
     _hand_over = hand_over
+    _socket_full = socket_full
 
 
 def enabled() -> bool:
@@ -204,13 +220,28 @@ class PipelinedSFTPHandler(SFTPServerHandler):
         try:
             for request in _complete_packets(received):
                 await self._answer(request)
-                if self._writer:
-                    # At once, unless the backlog is over BACKLOG_BYTES.
-                    await self._writer.drain()
+                await self._wait_for_the_client()
         finally:
             self._batching = False
             self._flush_replies()
             _send_queued(self._connection)
+
+    async def _wait_for_the_client(self) -> None:
+        """Wait while the client leaves too much of what it asked for unread.
+
+        At once, unless the replies waiting for its channel window are
+        over BACKLOG_BYTES, or its socket is full and the transport holds
+        more than its high-water mark.
+        """
+
+        if self._writer:
+            await self._writer.drain()
+        socket_full = _socket_full(self._connection)
+        if socket_full is not None:
+            # Written first: what is queued cannot drain while it waits.
+            self._flush_replies()
+            _send_queued(self._connection)
+            await socket_full
 
     async def _answer(self, request: bytes) -> None:
         if self.logger.isEnabledFor(logging.DEBUG):

@@ -249,6 +249,59 @@ def _coalesce_writes() -> None:
     _replace(SSHConnection, "_send", send_through_outbox)
 
 
+# -- a socket the client does not empty ------------------------------------
+
+# The attribute of an asyncssh connection that holds, while its transport
+# has paused writing, the future that resuming resolves.
+_SOCKET_FULL = "_sftpjail_socket_full"
+
+
+def socket_full(connection: object) -> asyncio.Future[None] | None:
+    """A future done once the connection's socket takes data again, or None.
+
+    None unless the transport has more than its high-water mark (64 KiB)
+    waiting in user space because the client does not read what the
+    kernel already holds for it.
+    """
+
+    return getattr(connection, _SOCKET_FULL, None)
+
+
+def _pause_on_a_full_socket() -> None:
+    """Keep track of the transport's pause and resume, which asyncssh ignores.
+
+    asyncio tells its protocol when a transport's write buffer passes the
+    high-water mark and when it has drained again; asyncssh 2.24 does
+    nothing with either, so a client that opens its channel window wide
+    and then stops reading could have a worker keep every reply in memory.
+    Here the connection keeps a future while paused, which the SFTP loop
+    waits for before it answers more; a lost connection resolves it too.
+    """
+
+    def pause_writing(connection: SSHConnection) -> None:
+        if socket_full(connection) is None:
+            setattr(connection, _SOCKET_FULL, connection._loop.create_future())
+
+    def resume_writing(connection: SSHConnection) -> None:
+        waiter = socket_full(connection)
+        setattr(connection, _SOCKET_FULL, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    connection_lost = SSHConnection.connection_lost
+
+    def connection_lost_resuming(
+        connection: SSHConnection, exc: Exception | None = None
+    ) -> None:
+        resume_writing(connection)
+        connection_lost(connection, exc)
+
+    connection_lost_resuming.__wrapped__ = connection_lost  # type: ignore[attr-defined]
+    _replace(SSHConnection, "pause_writing", pause_writing)
+    _replace(SSHConnection, "resume_writing", resume_writing)
+    _replace(SSHConnection, "connection_lost", connection_lost_resuming)
+
+
 # -- parse received data one packet's worth at a time ----------------------
 
 # About one full channel packet: small enough to bound each copy, large
@@ -495,7 +548,7 @@ def _batch_sftp_requests() -> None:
     place of asyncssh's `run_sftp_server`.
     """
 
-    sftp_pipeline.enable(send_queued, hand_over)
+    sftp_pipeline.enable(send_queued, hand_over, socket_full)
 
 
 # -- AES-GCM with one cipher per direction and fewer copies ------------------
@@ -748,6 +801,17 @@ TUNINGS = (
         },
         install=_frame_in_one_join,
         after=("no empty ignore packets", "one write per loop turn"),
+    ),
+    Tuning(
+        "pause on a full socket",
+        # The protocol callbacks replaced do nothing in asyncssh 2.24, and
+        # connection_lost is what asyncio calls instead of resuming.
+        needs={
+            "asyncssh.connection:SSHConnection.pause_writing": (),
+            "asyncssh.connection:SSHConnection.resume_writing": (),
+            "asyncssh.connection:SSHConnection.connection_lost": ("_force_close",),
+        },
+        install=_pause_on_a_full_socket,
     ),
     Tuning(
         "channel payloads unjoined",
