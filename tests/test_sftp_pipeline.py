@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import cast
@@ -98,13 +98,16 @@ def _connect(
 
 @asynccontextmanager
 async def raw_sftp(
-    lab: ServerLab, user: str, key: ClientKey
+    lab: ServerLab, user: str, key: ClientKey, window: int = 2 * 1024 * 1024
 ) -> AsyncIterator[tuple[asyncssh.SSHClientChannel[bytes], RawSftp]]:
-    """A connected SFTP channel past the version exchange."""
+    """A connected SFTP channel past the version exchange.
+
+    `window` is the channel window the client opens (asyncssh's default).
+    """
 
     async with _connect(lab, user, key) as connection:
         channel, base_session = await connection.create_session(
-            RawSftp, subsystem="sftp", encoding=None
+            RawSftp, subsystem="sftp", encoding=None, window=window
         )
         # asyncssh annotates the session as its base class; it is the RawSftp
         # that the factory above made.
@@ -228,29 +231,15 @@ def test_a_client_that_asks_and_does_not_read_is_not_buffered_for(
     few MiB beyond the channel window, then every reply arrives in order."""
 
     key, content = blob
-    reads = 3000
 
     async def run() -> tuple[int, list[tuple[int, int, bytes]]]:
         async with raw_sftp(lab, "alice", key) as (channel, session):
-            handle = await _open_for_reading(channel, session, b"blob.bin")
-            worker = lab.wait_for_worker("alice")
-            before = _resident_bytes(worker)
-            channel.pause_reading()  # no window adjust goes back either
-            channel.write(
-                b"".join(_read(100 + i, handle, 0, CHUNK) for i in range(reads))
+            # No window adjust goes back either.
+            return await _ask_without_reading(
+                lab, channel, session, channel.pause_reading, channel.resume_reading
             )
-            await asyncio.sleep(2)
-            grown = _resident_bytes(worker) - before
-            channel.resume_reading()
-            return grown, await session.replies(reads)
 
-    grown, replies = asyncio.run(run())
-
-    assert grown < 32 * 1024 * 1024, grown
-    assert [request_id for _type, request_id, _rest in replies] == [
-        100 + i for i in range(reads)
-    ]
-    assert all(_data(rest) == content[:CHUNK] for _type, _id, rest in replies)
+    _check_held_little_then_answered_all(*asyncio.run(run()), content)
 
 
 def test_a_client_that_opens_its_window_and_stops_reading_is_not_buffered_for(
@@ -260,38 +249,51 @@ def test_a_client_that_opens_its_window_and_stops_reading_is_not_buffered_for(
     the client's socket left unread: the worker stops at a full socket."""
 
     key, content = blob
-    reads = 3000
 
     async def run() -> tuple[int, list[tuple[int, int, bytes]]]:
-        async with _connect(lab, "alice", key) as connection:
-            channel, base_session = await connection.create_session(
-                RawSftp, subsystem="sftp", encoding=None, window=1 << 30
-            )
-            session = cast(RawSftp, base_session)
-            channel.write(struct.pack(">IBI", 5, FXP_INIT, 3))
-            # The version reply's "request id" is the version itself.
-            [(version, _version_number, _rest)] = await session.replies(1)
-            assert version == FXP_VERSION
-            handle = await _open_for_reading(channel, session, b"blob.bin")
-            worker = lab.wait_for_worker("alice")
-            before = _resident_bytes(worker)
+        async with raw_sftp(lab, "alice", key, window=1 << 30) as (channel, session):
             # asyncssh's transport: the client stops reading its socket.
-            transport = connection._transport
+            transport = channel.get_connection()._transport
             assert transport is not None
-            transport.pause_reading()
-            channel.write(
-                b"".join(_read(100 + i, handle, 0, CHUNK) for i in range(reads))
+            return await _ask_without_reading(
+                lab, channel, session, transport.pause_reading, transport.resume_reading
             )
-            await asyncio.sleep(2)
-            grown = _resident_bytes(worker) - before
-            transport.resume_reading()
-            return grown, await session.replies(reads)
 
-    grown, replies = asyncio.run(run())
+    _check_held_little_then_answered_all(*asyncio.run(run()), content)
 
+
+# 3,000 reads of 32 KiB: 96 MiB asked for at once.
+_READS_NOT_READ = 3000
+
+
+async def _ask_without_reading(
+    lab: ServerLab,
+    channel: asyncssh.SSHClientChannel[bytes],
+    session: RawSftp,
+    stop_reading: Callable[[], None],
+    read_again: Callable[[], None],
+) -> tuple[int, list[tuple[int, int, bytes]]]:
+    """How much the worker grew while the client did not read, then the replies."""
+
+    handle = await _open_for_reading(channel, session, b"blob.bin")
+    worker = lab.wait_for_worker("alice")
+    before = _resident_bytes(worker)
+    stop_reading()
+    channel.write(
+        b"".join(_read(100 + i, handle, 0, CHUNK) for i in range(_READS_NOT_READ))
+    )
+    await asyncio.sleep(2)
+    grown = _resident_bytes(worker) - before
+    read_again()
+    return grown, await session.replies(_READS_NOT_READ)
+
+
+def _check_held_little_then_answered_all(
+    grown: int, replies: list[tuple[int, int, bytes]], content: bytes
+) -> None:
     assert grown < 32 * 1024 * 1024, grown
     assert [request_id for _type, request_id, _rest in replies] == [
-        100 + i for i in range(reads)
+        100 + i for i in range(_READS_NOT_READ)
     ]
     assert all(_data(rest) == content[:CHUNK] for _type, _id, rest in replies)
 
