@@ -147,6 +147,12 @@ def _render_only(arguments: argparse.Namespace) -> None:
     runner.write_outputs(document, output, stem=results.stem)
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so servers and files are cleaned up."""
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bench: {problem}", file=sys.stderr)
         sys.exit(2)
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     output = runner.Output(
         results_dir=arguments.results_dir,
         chart=not arguments.no_chart,

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
 from bench import trees
-from bench.cli import check_prerequisites
+from bench.cli import check_prerequisites, stop_on_sigterm
 from bench.client import ClientError, log_in_once
 from bench.context import LOGIN_TIMEOUT, BenchError, Context
 from bench.jailserver import SftpjailServer
@@ -57,12 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         scenarios=("small-files", "listing"),
     )
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     try:
         metrics = measure(settings, arguments.workspace)
-    except WorkspaceError as error:
-        sys.exit(f"bench.floor: {error}")
-    except (BenchError, ClientError, ServerError) as error:
+    except (WorkspaceError, BenchError, ClientError, ServerError) as error:
         sys.exit(f"bench.floor: {error}")
     except KeyboardInterrupt:
         sys.exit("bench.floor: interrupted; servers stopped, files removed")
@@ -129,10 +125,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="root-owned directory for the run's files, e.g. on a tmpfs",
     )
     return parser.parse_args(argv)
-
-
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

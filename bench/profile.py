@@ -27,8 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
+from bench.cli import stop_on_sigterm
 from bench.client import SftpSession, Target, log_in_once, sessions
 from bench.context import LOGIN_TIMEOUT
 from bench.jailserver import SftpjailServer, export_revision
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = f"profile-{arguments.workload}-{time.strftime('%H%M%S')}"
     raw = output_dir / f"{stem}.txt"
 
-    # SIGTERM unwinds like Ctrl-C, so the server and the files go too.
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     try:
         workspace = Workspace(arguments.workspace or DEFAULT_PARENT)
     except WorkspaceError as error:
@@ -103,10 +102,6 @@ def main(argv: list[str] | None = None) -> None:
     text = f"{arguments.workload}: {seconds:.2f} s under the profiler\n{summary}"
     raw.with_suffix(".summary.txt").write_text(text)
     print(text)
-
-
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
