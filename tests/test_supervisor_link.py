@@ -34,6 +34,15 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         supervisors.close()
 
 
+def _sign_in_a_loop(link: SupervisorLink) -> bytes:
+    """Ask for a signature from inside a running loop, as asyncssh does."""
+
+    async def sign() -> bytes:
+        return link.sign(b"key", "ssh-ed25519", bytes(32))
+
+    return asyncio.run(sign())
+
+
 def _send(sock: socket.socket, message: dict[str, object]) -> None:
     sock.send(ipc.encode(message))
 
@@ -78,11 +87,8 @@ def test_a_refused_signature_fails_the_key_exchange(
     link = SupervisorLink(workers)
     _send(supervisors, {"type": "signature", "error": "not an exchange hash"})
 
-    async def run() -> None:
-        link.sign(b"key", "ssh-ed25519", bytes(32))
-
     with pytest.raises(asyncssh.KeyExchangeFailed, match="not an exchange hash"):
-        asyncio.run(run())
+        _sign_in_a_loop(link)
     assert workers.getblocking() is False
 
 
@@ -93,11 +99,8 @@ def test_a_supervisor_that_does_not_answer_fails_the_key_exchange_in_time(
     monkeypatch.setattr(worker, "SIGN_TIMEOUT", 0.2)
     link = SupervisorLink(workers)
 
-    async def run() -> None:
-        link.sign(b"key", "ssh-ed25519", bytes(32))
-
     with pytest.raises(asyncssh.KeyExchangeFailed, match="no host key signature"):
-        asyncio.run(run())
+        _sign_in_a_loop(link)
     assert workers.getblocking() is False
 
 
@@ -108,8 +111,5 @@ def test_a_supervisor_gone_fails_the_key_exchange(
     link = SupervisorLink(workers)
     supervisors.close()
 
-    async def run() -> None:
-        link.sign(b"key", "ssh-ed25519", bytes(32))
-
     with pytest.raises(asyncssh.KeyExchangeFailed, match="no host key signature"):
-        asyncio.run(run())
+        _sign_in_a_loop(link)
